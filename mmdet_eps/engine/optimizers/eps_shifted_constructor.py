@@ -1,0 +1,131 @@
+"""Optimizer-wrapper constructor that gives normalized conv weights the ε-shifted L2 term."""
+import numbers
+from collections import Counter
+from typing import Dict, List, Optional
+
+from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.logging import print_log
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from torch import nn
+
+from mmdet_eps.models.layers import get_norm_family
+from .eps_shifted_regularizer import (EPS_KEY, FAMILY_KEY, LAMBDA_KEY, MODE_KEY, MODES,
+                                      apply_eps_shift)
+
+_EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='coupled', decay_mult=1.0)
+
+
+def _check_eps_shift(cfg: Optional[dict]) -> dict:
+    """Validate ``paramwise_cfg.eps_shift``, naming the offending key."""
+    cfg = {} if cfg is None else cfg
+    if not isinstance(cfg, dict):
+        raise TypeError(f'paramwise_cfg.eps_shift must be a dict, got {type(cfg).__name__}')
+    unknown = set(cfg) - set(_EPS_SHIFT_DEFAULTS)
+    if unknown:
+        raise ValueError(f'paramwise_cfg.eps_shift: unknown key(s) {sorted(unknown)}; '
+                         f'allowed: {sorted(_EPS_SHIFT_DEFAULTS)}')
+    out = {**_EPS_SHIFT_DEFAULTS, **cfg}
+    for key in ('eps', 'decay_mult'):
+        value = out[key]
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0
+                or value != value):
+            raise ValueError(f'paramwise_cfg.eps_shift.{key} must be a float >= 0, '
+                             f'got {value!r}')
+        out[key] = float(value)
+    if out['mode'] not in MODES:
+        raise ValueError(f'paramwise_cfg.eps_shift.mode must be one of {MODES}, '
+                         f'got {out["mode"]!r}')
+    return out
+
+
+def _merge_groups(groups: List[dict]) -> List[dict]:
+    """Merge param groups whose settings are equal, keeping first-seen order, so torch's
+    multi-tensor (foreach) kernels see few large groups instead of one group per tensor."""
+    merged: Dict[tuple, dict] = {}
+    for group in groups:
+        key = tuple(sorted((k, repr(v)) for k, v in group.items() if k != 'params'))
+        if key in merged:
+            merged[key]['params'].extend(group['params'])
+        else:
+            merged[key] = {**group, 'params': list(group['params'])}
+    return list(merged.values())
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """Drop-in for mmengine's default constructor that replaces plain weight decay on the
+    weights of WS / WN / CWN convs (ours and mmcv's ``ConvWS``/``ConvAWS``) by the paper's
+    ε-shifted L2 term.
+
+    Every option of ``DefaultOptimWrapperConstructor`` keeps working; ``bias_decay_mult``
+    defaults to 0 (paper Sec. 6.1). The term's options travel in ``paramwise_cfg``::
+
+        paramwise_cfg=dict(eps_shift=dict(eps=1e-3, mode='coupled', decay_mult=1.0))
+
+    λ is the weight decay the default rules give the weight (``custom_keys`` included) times
+    ``decay_mult``. ``mode='coupled'`` adds λ∇R to the gradient before momentum / moment
+    estimates (the authors' SGD); ``'decoupled'`` subtracts lr·λ∇R from the weight (AdamW-style).
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
+        paramwise_cfg = dict(paramwise_cfg or {})
+        self.eps_shift = _check_eps_shift(paramwise_cfg.pop('eps_shift', None))
+        paramwise_cfg.setdefault('bias_decay_mult', 0.)
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        if self.base_wd is None:
+            raise ValueError('optim_wrapper.optimizer.weight_decay must be set: it is the λ of '
+                             'the ε-shifted L2 term')
+        if self.optimizer_cfg.get('fused'):
+            raise ValueError('optim_wrapper.optimizer.fused=True is not supported: fused '
+                             'optimizers see AMP-scaled gradients in step pre-hooks, so the '
+                             'ε-shifted term would be mis-scaled. Use foreach (the default).')
+
+    def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
+                   is_dcn_module=None) -> None:
+        """Apply the default rules, then, at the top of the recursion (``prefix == ''``), move
+        normalized weights to the ε-shifted term and merge groups with equal settings."""
+        if prefix:
+            return super().add_params(params, module, prefix, is_dcn_module)
+        per_tensor: List[dict] = []
+        super().add_params(per_tensor, module, prefix, is_dcn_module)
+        families = {
+            id(m.weight): get_norm_family(m)
+            for m in module.modules()
+            if get_norm_family(m) and isinstance(getattr(m, 'weight', None), nn.Parameter)
+        }
+        for group in per_tensor:
+            family = families.get(id(group['params'][0]))
+            if family is None:
+                continue
+            lam = group.get('weight_decay', self.base_wd) * self.eps_shift['decay_mult']
+            group.update({
+                'weight_decay': 0.,
+                FAMILY_KEY: family,
+                LAMBDA_KEY: lam,
+                EPS_KEY: self.eps_shift['eps'],
+                MODE_KEY: self.eps_shift['mode'],
+            })
+        params.extend(_merge_groups(per_tensor))
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        optim_wrapper = super().__call__(model)
+        optimizer = optim_wrapper.optimizer
+        if optimizer.defaults.get('fused'):
+            raise ValueError('fused optimizers are not supported by the ε-shifted term')
+        optimizer.register_step_pre_hook(apply_eps_shift)
+        self._log_summary(optimizer)
+        return optim_wrapper
+
+    def _log_summary(self, optimizer) -> None:
+        tensors, filters, lambdas = Counter(), Counter(), set()
+        for group in optimizer.param_groups:
+            family = group.get(FAMILY_KEY)
+            if family is not None:
+                tensors[family] += len(group['params'])
+                filters[family] += sum(p.shape[0] for p in group['params'])
+                lambdas.add(group[LAMBDA_KEY])
+        summary = ', '.join(f'{fam}: {tensors[fam]} tensors / {filters[fam]} filters'
+                            for fam in sorted(tensors)) or 'no normalized conv weights found'
+        print_log(f'ε-shifted L2 ({summary}); eps={self.eps_shift["eps"]}, '
+                  f'lambda={sorted(lambdas)}, mode={self.eps_shift["mode"]}, '
+                  f'{len(optimizer.param_groups)} param groups', logger='current')

@@ -1,0 +1,4 @@
+"""Backbones whose convs belong to the weight-normalization family."""
+from .ws_resnet import WSResNet, WSResNeXt
+
+__all__ = ['WSResNet', 'WSResNeXt']

@@ -1,0 +1,25 @@
+"""mmdet-eps: the ε-shifted L2 regularizer for weight-normalized detectors (MMDetection 3.x)."""
+from setuptools import find_packages, setup
+
+setup(
+    name='mmdet-eps',
+    version='0.1.0',
+    description='ε-shifted L2 regularizer and WS-ResNet backbones for MMDetection 3.x',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['mmdet_eps', 'mmdet_eps.*']),
+    python_requires='>=3.8',
+    install_requires=[
+        'torch>=2.4',
+        'mmengine>=0.10.0,<0.11.0',
+        'mmcv>=2.0.0rc4,<2.2.0',
+        'mmdet>=3.3.0,<3.4.0',
+        'pycocotools',
+        'setuptools<81',
+        'matplotlib',
+    ],
+    extras_require={
+        'test': ['pytest', 'pytest-timeout'],
+        'fast': ['faster-coco-eval'],
+    },
+)
