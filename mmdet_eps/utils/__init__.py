@@ -1,5 +1,4 @@
-"""Utilities: the checkpoint-loading compatibility module."""
-from .checkpoint_compat import (UnsafeCheckpointError, enable_safe_checkpoint_loading,
-                                safe_load)
+"""Utilities: the compatibility module (safe checkpoint loading, CPU distributed)."""
+from .compat import UnsafeCheckpointError, enable_compat, safe_load
 
-__all__ = ['UnsafeCheckpointError', 'enable_safe_checkpoint_loading', 'safe_load']
+__all__ = ['UnsafeCheckpointError', 'enable_compat', 'safe_load']

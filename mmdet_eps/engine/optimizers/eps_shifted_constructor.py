@@ -71,10 +71,10 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         paramwise_cfg = dict(paramwise_cfg or {})
         self.eps_shift = _check_eps_shift(paramwise_cfg.pop('eps_shift', None))
         paramwise_cfg.setdefault('bias_decay_mult', 0.)
-        super().__init__(optim_wrapper_cfg, paramwise_cfg)
-        if self.base_wd is None:
+        if optim_wrapper_cfg.get('optimizer', {}).get('weight_decay') is None:
             raise ValueError('optim_wrapper.optimizer.weight_decay must be set: it is the λ of '
                              'the ε-shifted L2 term')
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
         if self.optimizer_cfg.get('fused'):
             raise ValueError('optim_wrapper.optimizer.fused=True is not supported: fused '
                              'optimizers see AMP-scaled gradients in step pre-hooks, so the '

@@ -1,0 +1,53 @@
+# mmdet-eps: set-up, demo and tests. `make demo` and `make test` are the README's two commands.
+#
+# Set-up is idempotent and cached: a stamp in the venv records it, so a second run takes seconds.
+# A torch that is already importable (for instance a CUDA build you installed, made visible with
+# VENV_ARGS=--system-site-packages) is never replaced.
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_ARGS ?=
+TORCH_SPEC ?= torch==2.13.0
+MMCV_VERSION ?= 2.1.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.mmdet-eps-setup
+TOY_DATA := data/toy_coco
+DEMO_CONFIG := configs/toy/cascade_rcnn_ws_eps_r18_toy.py
+DEMO_DIR := work_dirs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test toy-data benchmarks clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(PIP) install -q --upgrade pip wheel 'setuptools>=77,<81'
+	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install -q '$(TORCH_SPEC)'
+	$(PIP) install -q 'numpy<2.3' ninja packaging
+	$(PY) -c 'import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != "$(MMCV_VERSION)")' 2>/dev/null \
+	  || { echo 'Building mmcv $(MMCV_VERSION) with ops (about 10 minutes once; pip caches the wheel)...'; \
+	       MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation 'mmcv==$(MMCV_VERSION)'; }
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PY) -c 'import mmdet_eps, mmcv.ops; print("mmdet-eps set up:", mmdet_eps.__version__)'
+	touch $(STAMP)
+
+$(TOY_DATA)/annotations/instances_val2017.json: | $(STAMP)
+	$(PY) tools/make_toy_coco.py $(TOY_DATA) --force
+
+toy-data: $(TOY_DATA)/annotations/instances_val2017.json
+
+demo: setup toy-data
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)
+	$(PY) tools/report.py $(DEMO_DIR) --names ws_eps_r18_toy
+	@echo "Report: $(DEMO_DIR)/report.md, curves: $(DEMO_DIR)/curves.png"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+benchmarks: setup
+	$(PY) benchmarks/run_all.py
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,4 @@
+# Baseline: mmdet's faster rcnn R-50 FPN with plain ResNet (torchvision ImageNet weights).
+_base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', './_base_/mmdet_eps.py']
+val_evaluator = dict(metric_items={{_base_.coco_metric_items}})
+test_evaluator = val_evaluator

@@ -1,0 +1,18 @@
+# Mask R-CNN cousin of the demo (configs/mask_rcnn_ws_eps_r50.py at toy size), box and mask AP.
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py', './_base_/toy_coco.py',
+    './_base_/toy_schedule.py'
+]
+model = dict(
+    backbone={{_base_.toy_backbone}},
+    neck={{_base_.toy_neck}},
+    rpn_head={{_base_.toy_rpn_head}},
+    roi_head=dict(
+        bbox_roi_extractor={{_base_.toy_roi_extractor}},
+        bbox_head={{_base_.toy_bbox_head}},
+        mask_roi_extractor={{_base_.toy_roi_extractor}},
+        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=5)),
+    train_cfg={{_base_.toy_train_cfg}},
+    test_cfg={{_base_.toy_test_cfg}})
+val_evaluator = dict(metric=['bbox', 'segm'])
+test_evaluator = val_evaluator

@@ -1,0 +1,28 @@
+"""Shared fixtures: mmdet's default scope, and the tools/ folder importable by tests."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True, scope='session')
+def mmdet_scope():
+    """Register mmdet and mmdet-eps and make 'mmdet' the default registry scope."""
+    from mmdet.utils import register_all_modules
+
+    import mmdet_eps  # noqa: F401
+    register_all_modules(init_default_scope=True)
+    torch.set_num_threads(2)

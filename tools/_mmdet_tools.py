@@ -1,0 +1,21 @@
+"""Run one of mmdet's own command-line tools with mmdet-eps registered first.
+
+mmdet ships its ``tools/`` inside the wheel (``mmdet/.mim/tools``, what ``mim train`` runs), so
+our train/test scripts are those scripts, flag for flag, rather than copies of them.
+"""
+import os.path as osp
+import runpy
+import sys
+
+import mmdet
+
+import mmdet_eps  # noqa: F401  registers our modules and safe checkpoint loading
+
+
+def run_mmdet_tool(name: str) -> None:
+    """Execute ``mmdet/.mim/tools/<name>`` as ``__main__`` with the current ``sys.argv``."""
+    path = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', name)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path} is missing: reinstall mmdet 3.3 from its wheel')
+    sys.argv[0] = path
+    runpy.run_path(path, run_name='__main__')
