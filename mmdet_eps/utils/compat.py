@@ -29,10 +29,25 @@ class UnsafeCheckpointError(RuntimeError):
     """A checkpoint holds objects other than tensors and the plain types mmengine writes."""
 
 
+def _history_buffer_method(obj: Any, name: str) -> Any:
+    """The one ``getattr`` mmengine checkpoints hold: a ``HistoryBuffer`` statistics method
+    (its ``_statistics_methods`` dict pickles ``getattr(HistoryBuffer, 'mean')``). A general
+    ``getattr`` would reopen the door weights-only loading closes, so nothing else is allowed."""
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS | set(
+            HistoryBuffer._statistics_methods):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'getattr({obj!r}, {name!r}) is not allowed in a checkpoint')
+
+
+_HISTORY_BUFFER_METHODS = {'min', 'max', 'current', 'mean'}
+
+
 def _mmengine_checkpoint_types() -> List[Any]:
     """The non-tensor types mmengine 0.10.x pickles into checkpoints (meta, message hub)."""
     return [
         HistoryBuffer,
+        (_history_buffer_method, '__builtin__.getattr'),
+        (_history_buffer_method, 'builtins.getattr'),
         np.ndarray,
         np.dtype,
         np.dtypes.Float64DType,
