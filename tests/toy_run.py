@@ -23,6 +23,7 @@ def toy_overrides(data_root: Path, work_dir: Path, max_epochs: int = 1) -> Dict[
         'val_evaluator.ann_file': ann,
         'test_evaluator.ann_file': ann,
         'param_scheduler.0.end': 2,
+        'model.test_cfg.rcnn.score_thr': 0.,  # an untrained model still yields detections
     }
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         out[f'{loader}.dataset.data_root'] = root
