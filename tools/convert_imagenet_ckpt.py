@@ -110,11 +110,12 @@ def extract_backbone(ckpt: Any) -> Tuple[Dict[str, Tensor], str, List[str]]:
     else:
         backbone = {k: v for k, v in tensors.items() if not k.startswith('fc.')}
         dropped = [k for k in tensors if k.startswith('fc.')]
-    if 'conv1.weight' not in backbone or 'layer1.0.conv1.weight' not in backbone:
+    required = ('conv1.weight', 'layer1.0.conv1.weight', 'layer1.0.conv2.weight')
+    if not all(k in backbone and backbone[k].dim() == 4 for k in required):
         found = ', '.join(list(tensors)[:5]) or 'no tensors'
         raise ConversionError(
-            'no ResNet weights found: expected conv1.weight and layer1.0.conv1.weight '
-            f'(optionally under module. or backbone.), found {found}')
+            f'no ResNet weights found: expected 4-D {", ".join(required)} (optionally under '
+            f'module. or backbone.), found {found}')
     return backbone, fmt, dropped
 
 
@@ -272,9 +273,10 @@ def convert(src: str, dst: str, depth: Optional[int] = None, arch: Optional[str]
     print(f'[3/{steps}] saving {len(out)} tensors')
     os.makedirs(osp.dirname(dst), exist_ok=True)
     tmp = osp.join(osp.dirname(dst), f'.{osp.basename(dst)}.{os.getpid()}.tmp')
+    tmp_file = open(tmp, 'xb')  # exclusive, so the cleanup below only removes our own file
     try:
-        with open(tmp, 'xb') as f:
-            torch.save(dict(state_dict=out, meta=meta), f)
+        with tmp_file:
+            torch.save(dict(state_dict=out, meta=meta), tmp_file)
         if verify:
             print(f'[4/{steps}] verifying against the source network (conv={conv}, '
                   f'input 1x3x{input_size}x{input_size})')

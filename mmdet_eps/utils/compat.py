@@ -24,6 +24,11 @@ from mmengine.logging import HistoryBuffer
 from mmengine.model import MMDistributedDataParallel
 from mmengine.runner.checkpoint import CheckpointLoader
 
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray
+
 
 class UnsafeCheckpointError(RuntimeError):
     """A checkpoint holds objects other than tensors and the plain types mmengine writes."""
@@ -54,9 +59,9 @@ def _mmengine_checkpoint_types() -> List[Any]:
         np.dtypes.Float32DType,
         np.dtypes.Int64DType,
         np.dtypes.Int32DType,
-        np.core.multiarray._reconstruct,
-        np.core.multiarray.scalar,
-    ]
+    ] + [(getattr(multiarray, name), f'{module}.{name}')  # numpy 2 and numpy 1.x names
+         for name in ('_reconstruct', 'scalar')
+         for module in ('numpy._core.multiarray', 'numpy.core.multiarray')]
 
 
 def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:

@@ -1,5 +1,6 @@
 """Real training on the toy set: each detector family through the real Runner, and the CLI
 chain train -> resume -> test that users run (tools/train.py, tools/test.py)."""
+import copy
 import json
 import math
 from pathlib import Path
@@ -55,7 +56,7 @@ class _CaptureResume(Hook):
 
     def before_train(self, runner) -> None:
         self.iter, self.epoch = runner.iter, runner.epoch
-        self.optim_state = runner.optim_wrapper.state_dict()
+        self.optim_state = copy.deepcopy(runner.optim_wrapper.state_dict())
 
 
 def test_cli_train_resume_and_test(tiny_coco, tmp_path):
@@ -92,7 +93,7 @@ def test_cli_train_resume_and_test(tiny_coco, tmp_path):
     run_tool('tools/test.py', config, str(work_dir / 'epoch_2.pth'), '--work-dir',
              str(test_dir), '--out', str(test_dir / 'results.pkl'),
              *cli_options({k: v for k, v in toy_overrides(tiny_coco, test_dir).items()
-                           if k.startswith(('test_', 'work_dir'))}))
+                           if k.startswith(('test_', 'work_dir', 'model.'))}))
     results = sorted(test_dir.glob('*/*.json'))
     assert results, 'tools/test.py wrote no metrics'
     assert 'coco/bbox_mAP' in json.loads(results[-1].read_text())
