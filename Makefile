@@ -40,7 +40,8 @@ toy-data: $(TOY_DATA)/annotations/instances_val2017.json
 
 demo: setup toy-data
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)
-	$(PY) tools/report.py $(DEMO_DIR) --names ws_eps_r18_toy
+	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --work-dir $(DEMO_DIR)
+	$(PY) tools/report.py $(DEMO_DIR) --names cascade_rcnn_ws_eps_r18_toy
 	@echo "Report: $(DEMO_DIR)/report.md, curves: $(DEMO_DIR)/curves.png"
 
 test: setup
