@@ -24,12 +24,10 @@ import hashlib
 import logging
 import os
 import os.path as osp
-import pickle
 import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
@@ -39,7 +37,7 @@ from mmengine.runner.checkpoint import load_state_dict
 from torch import Tensor
 
 import mmdet_eps
-from mmdet_eps.utils import UnsafeCheckpointError
+from mmdet_eps.utils import UnsafeCheckpointError, safe_load
 
 #: (block class name, blocks per stage) -> depth, from mmdet's ResNet.arch_settings.
 DEPTHS = {(block.__name__, tuple(stages)): depth
@@ -58,33 +56,14 @@ class VerificationError(RuntimeError):
     """The converted backbone does not compute what the source network computes."""
 
 
-def _numpy_scalar_globals() -> list:
-    """The numpy types a pickled ``np.float64`` accuracy needs, under its numpy 1 and 2 names."""
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 1.26
-        from numpy.core.multiarray import scalar
-    return [(scalar, 'numpy.core.multiarray.scalar'), (scalar, 'numpy._core.multiarray.scalar'),
-            np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType,
-            np.dtypes.Int32DType]
-
-
 def load_source(path: str) -> Any:
-    """Load ``path`` weights-only (tensors, plain types, numpy scalars); never run pickled code."""
+    """Load ``path`` weights-only (tensors, plain and numpy types); never run pickled code."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} does not exist or is not a file')
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = str(err).splitlines()
-        detail = next((line.strip() for line in lines
-                       if any(word in line for word in ('GLOBAL', 'Unpickler', 'Can only build'))),
-                      lines[0])
-        raise UnsafeCheckpointError(
-            f'refused to load {path}: it holds pickled objects other than tensors and plain '
-            f'types (nothing from it was executed). If you trust it, re-save its state_dict '
-            f'with torch.save. Details: {detail}') from None
+        return safe_load(path, map_location='cpu')
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on bad files
         first = str(err).split('. ')[0].splitlines()[0] if str(err) else ''
         raise ConversionError(

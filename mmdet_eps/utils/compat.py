@@ -72,10 +72,14 @@ def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        lines = str(err).splitlines()
+        detail = next((line.strip() for line in lines
+                       if any(word in line for word in ('GLOBAL', 'Unpickler', 'Can only build'))),
+                      lines[0] if lines else '')
         raise UnsafeCheckpointError(
             f'Refused to load {filename}: it contains objects that are not tensors or the '
             f'plain types mmengine writes (nothing from it was executed). If you trust the '
-            f'file, re-save its tensors with torch.save(state_dict). Details: {err}') from None
+            f'file, re-save its tensors with torch.save(state_dict). Details: {detail}') from None
 
 
 def _init_dist_pytorch_cpu(backend: str, init_backend: str = 'torch', **kwargs) -> None:

@@ -7,14 +7,17 @@ Per output filter with n elements, ``u = W - m`` (centered) or ``u = W`` (WN),
 - CWN: centered, ``D = 1`` (``s = ||W - m||``)
 - WN: not centered, ``D = 1`` (``s = ||W||``)
 
-Autograd of that expression records about ten kernels per conv and keeps their intermediates.
-Here the forward is three reductions/passes (mean, centered copy, norm, scaled in place) and the
-backward reuses the forward's output and ``1/(s + eps)``::
+Autograd of that expression records about ten kernels per conv and keeps their intermediates
+(and ``torch.var_mean`` is slow on CPU). Here the forward is :func:`centered_filters` (mean,
+centered copy, norm) scaled in place, and the backward is one fused kernel. The gradient is::
 
     dL/dW = (g - [mean(g)]) / (s + eps) - W' * <g, W'> / (D s)
 
-(the bracket only when centered): two row reductions of ``g`` and two fused passes. The output
-equals the plain expression to float rounding (tests/models/test_filter_normalize.py).
+(the bracket only when centered). For centered filters this is exactly the training-mode batch
+norm backward of ``W`` viewed as ``(1, C_out, n)`` with saved mean ``m``, saved inverse std
+``rho = sqrt(n / (D s (s + eps)))`` and per-channel weight ``gamma = 1 / ((s + eps) rho)``, so
+that kernel (one reduction pass and one output pass per filter, on CPU and CUDA) computes it.
+The results equal the plain expression to float rounding (tests/models/test_filter_normalize.py).
 """
 import math
 
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .filter_stats import centered_filters, filter_norm, flat_filters
+from .filter_stats import centered_filters, fan_in, filter_norm, flat_filters
 
 
 class _NormalizeFilters(torch.autograd.Function):
@@ -30,29 +33,36 @@ class _NormalizeFilters(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: Tensor, eps: float, centered: bool, divisor: float) -> Tensor:
         if centered:
-            out, _, norm = centered_filters(weight)
+            out, mean, norm = centered_filters(weight)
         else:
             out, norm = flat_filters(weight), filter_norm(weight, centered=False).view(-1, 1)
         scale = norm.div_(math.sqrt(divisor)) if divisor != 1 else norm
         inv = (scale + eps).reciprocal_()
-        out = out.mul_(inv) if centered else out * inv
-        ctx.save_for_backward(out, inv, scale)
-        ctx.centered, ctx.divisor = centered, divisor
+        ctx.centered = centered
+        if centered:
+            out.mul_(inv)
+            rho = inv.div(scale).mul_(fan_in(weight) / divisor).sqrt_()
+            ctx.save_for_backward(weight, mean.view(-1), rho.view(-1), inv.div_(rho).view(-1))
+        else:
+            out = out * inv
+            ctx.divisor = divisor
+            ctx.save_for_backward(out, inv, scale)
         return out.view(weight.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        if ctx.centered:
+            weight, mean, rho, gamma = ctx.saved_tensors
+            shape = (1, weight.shape[0], -1)
+            grad_w = torch.ops.aten.native_batch_norm_backward(
+                grad.reshape(shape), weight.reshape(shape), gamma, None, None, mean, rho, True,
+                0., [True, False, False])[0]
+            return grad_w.view(grad.shape), None, None, None
         out, inv, scale = ctx.saved_tensors
         g = grad.reshape(out.shape)
-        # k = -<g, W'> / (D s): the part of the gradient through the scale
         k = torch.linalg.vecdot(g, out, dim=1).unsqueeze_(1).div_(scale * -ctx.divisor)
-        if ctx.centered:
-            offset = g.mean(1, keepdim=True).mul_(inv).neg_()
-            grad_w = torch.addcmul(offset, out, k)
-        else:
-            grad_w = out * k
-        grad_w.addcmul_(g, inv)
+        grad_w = (out * k).addcmul_(g, inv)
         return grad_w.view(grad.shape), None, None, None
 
 
@@ -61,11 +71,13 @@ def normalize_filters(weight: Tensor, eps: float, centered: bool = True,
     """``(W - m) / (||W - m|| / sqrt(divisor) + eps)`` (or ``W / (||W|| / sqrt(divisor) + eps)``
     when not ``centered``) per output filter, with a fused backward.
 
-    Not twice differentiable (no gradient-of-gradient through the normalization).
+    Not twice differentiable (no gradient of a gradient through the normalization).
     """
+    if divisor <= 0:
+        raise ValueError(f'divisor must be > 0, got {divisor}')
     return _NormalizeFilters.apply(weight, float(eps), bool(centered), float(divisor))
 
 
 def standardize_filters(weight: Tensor, eps: float, correction: int = 1) -> Tensor:
     """``(W - m) / (std + eps)`` per filter, std with divisor ``n - correction``."""
-    return normalize_filters(weight, eps, True, max(0, weight[0].numel() - correction))
+    return normalize_filters(weight, eps, True, fan_in(weight) - correction)

@@ -5,7 +5,7 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from .filter_stats import fan_in, filter_moments, filter_norm
+from .filter_normalize import normalize_filters
 from .normalized_conv import NormalizedConv2d
 
 
@@ -26,7 +26,7 @@ class WNConv(NormalizedConv2d):
             nn.Parameter(torch.ones(self.out_channels)) if gain else None)
 
     def normalize(self, weight: Tensor) -> Tensor:
-        out = weight / (filter_norm(weight, centered=False) + self.eps)
+        out = normalize_filters(weight, self.eps, centered=False)
         if self.gain is not None:
             out = out * self.gain.view(-1, *(1, ) * (weight.dim() - 1))
         return out
@@ -40,5 +40,4 @@ class CWNConv(NormalizedConv2d):
     norm_family = 'cwn'
 
     def normalize(self, weight: Tensor) -> Tensor:
-        mean, var = filter_moments(weight)
-        return (weight - mean) / ((var * fan_in(weight)).sqrt() + self.eps)
+        return normalize_filters(weight, self.eps, centered=True)

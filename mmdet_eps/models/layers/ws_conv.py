@@ -2,7 +2,7 @@
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from .filter_stats import filter_moments
+from .filter_normalize import standardize_filters
 from .normalized_conv import NormalizedConv2d
 
 
@@ -22,8 +22,7 @@ class WSConv(NormalizedConv2d):
         super().__init__(*args, eps=eps, **kwargs)
 
     def normalize(self, weight: Tensor) -> Tensor:
-        mean, var = filter_moments(weight, correction=int(self.unbiased))
-        return (weight - mean) / (var.sqrt() + self.eps)
+        return standardize_filters(weight, self.eps, correction=int(self.unbiased))
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, unbiased={self.unbiased}'
