@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import matplotlib
-
-matplotlib.use('Agg')
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg canvas, no pyplot/display
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _load_report():
@@ -178,6 +176,9 @@ def render_eff_lr(runs: Sequence[RunStats]) -> bytes:
     if layers:
         axes[1].set(title='effective learning rate per layer', xlabel=xlabel,
                     ylabel='effective lr')
+    if units == {'epoch'}:
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(figure, axes)
 
 

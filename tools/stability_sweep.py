@@ -13,7 +13,7 @@ full-batch), with SGD (momentum 0.9) or Adam, weight decay λ, and either plain 
 ε-shifted term. Optimizers are built by ``EpsShiftedOptimWrapperConstructor`` through mmengine's
 OPTIM_WRAPPER_CONSTRUCTORS registry, as a config builds them: "plain" is the constructor with
 eps = 0, which is exactly plain L2 decay. A cell *fails* at the first step with a non-finite loss
-or gradient, or with a filter std (``||W||`` for WN) below ``--floor`` (1e-30); it then stops.
+or gradient, or with a filter std (``||W||`` for WN) below ``FLOOR`` (1e-30); it then stops.
 
 Writes, atomically, to ``--out`` (default ``work_dirs/stability_sweep``):
 
@@ -26,12 +26,12 @@ Writes, atomically, to ``--out`` (default ``work_dirs/stability_sweep``):
 Deterministic: fixed seeds, one thread by default (``--threads``), no data shuffling.
 """
 import argparse
+import collections
+import importlib.util
 import io
 import itertools
 import json
 import math
-import os
-import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +41,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+from PIL import Image
 from torch import nn
 
 import mmdet_eps  # noqa: F401  (registers the constructor and the layers)
@@ -57,11 +59,23 @@ EPSILONS = (1e-2, 1e-3)
 STEPS = 2000
 #: ``--quick``: the cells that show the failure and its cure, used by the tests.
 QUICK = dict(families=('ws', ), optimizers=('sgd', ), lambdas=(1e-1, 1e-3), epsilons=(1e-3, ),
-             steps=1200)
+             steps=1500)
 FLOOR = 1e-30
 RECORD_EVERY = 10
+#: ``final_loss`` averages the last this many steps: at an effective lr of lr/ε the loss of a
+#: single step is noisy.
+LOSS_WINDOW = 100
 NUM_SAMPLES, NUM_CLASSES, SIZE = 32, 4, 8
 DATA_SEED, INIT_SEED = 0, 1
+
+
+def _load_report():
+    """tools/report.py, whose atomic writer this tool shares."""
+    spec = importlib.util.spec_from_file_location('_tools_report',
+                                                  Path(__file__).with_name('report.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class SweepError(RuntimeError):
@@ -79,7 +93,8 @@ class Cell:
     steps_run: int = 0
     failed_at: Optional[int] = None
     reason: str = ''
-    final_loss: float = float('nan')
+    final_loss: float = float('nan')  # mean over the last LOSS_WINDOW steps (nan on failure)
+    last_loss: float = float('nan')
     min_std: float = float('inf')  # over the run and all filters
     max_inv_std: float = 0.  # over the run and all filters
     final_min_std: float = float('nan')
@@ -160,11 +175,14 @@ def run_cell(cell: Cell, steps: int, data: Tuple[torch.Tensor, torch.Tensor],
         return min_s, max_inv
 
     record(0)
+    losses = collections.deque(maxlen=LOSS_WINDOW)
     for step in range(1, steps + 1):
         cell.steps_run = step
         loss = loss_fn(model(inputs), labels)
-        cell.final_loss = loss.item()
-        if not math.isfinite(cell.final_loss):
+        cell.last_loss = loss.item()
+        losses.append(cell.last_loss)
+        cell.final_loss = math.fsum(losses) / len(losses)
+        if not math.isfinite(cell.last_loss):
             cell.failed_at, cell.reason = step, 'non-finite loss'
             break
         optim_wrapper.backward(loss)
@@ -191,13 +209,16 @@ def sweep_cells(families: Sequence[str], optimizers: Sequence[str], lambdas: Seq
         families, optimizers, lambdas, (0., ) + tuple(epsilons))]
 
 
-def run_sweep(cells: List[Cell], steps: int, floor: float = FLOOR, verbose: bool = True
-              ) -> List[Cell]:
-    """Run every cell on the same fixed data, deterministically."""
+def run_sweep(cells: List[Cell], steps: int, floor: float = FLOOR, verbose: bool = True,
+              threads: int = 1) -> List[Cell]:
+    """Run every cell on the same fixed data, deterministically, with ``threads`` torch
+    threads (torch's settings are restored afterwards)."""
     data = make_data()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    mkldnn = torch.backends.mkldnn.enabled
+    mkldnn, num_threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    # ops this small gain nothing from a second thread, which only spin-waits on a busy CPU
+    torch.set_num_threads(threads)
     # oneDNN's per-call overhead dominates convs this small: the native kernels are ~1.5x faster
     torch.backends.mkldnn.enabled = False
     try:
@@ -211,6 +232,7 @@ def run_sweep(cells: List[Cell], steps: int, floor: float = FLOOR, verbose: bool
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.mkldnn.enabled = mkldnn
+        torch.set_num_threads(num_threads)
     return cells
 
 
@@ -226,8 +248,10 @@ def render_markdown(cells: Sequence[Cell], steps: int, command: str) -> str:
     for c in cells:
         groups.setdefault((c.family, c.optimizer, c.eps), {})[c.lam] = c
     lines = [f'Command: `{command}`', '',
-             f'{steps} full-batch steps per cell; ✗ = failed (step, reason), '
-             '✓ = trained to the end (final loss).', '',
+             f'{steps} full-batch steps per cell. ✗: failed at that step (reason); ✓: trained '
+             f'to the end, with the final loss (mean of the last {LOSS_WINDOW} steps) and the '
+             'smallest filter std seen (‖W‖ for WN).',
+             '',
              '| family | optimizer | regularizer | ' + ' | '.join(f'λ={lam:g}' for lam in lambdas)
              + ' |', '|---|---|---|' + '---|' * len(lambdas)]
     for (family, optimizer, eps), by_lam in groups.items():
@@ -239,10 +263,11 @@ def render_markdown(cells: Sequence[Cell], steps: int, command: str) -> str:
             elif c.failed:
                 row.append(f'✗ {c.failed_at} ({c.reason})')
             else:
-                row.append(f'✓ {c.final_loss:.3f}')
+                row.append(f'✓ {c.final_loss:.3g}, std ≥ {c.min_std:.2g}')
         lines.append('| ' + ' | '.join(row) + ' |')
     lines += ['', '| family | optimizer | λ | regularizer | result | final loss | min std | '
-              'final min std | max 1/std | seconds |', '|---|---|---|---|---|---:|---:|---:|---:|---:|']
+              'final min std | max 1/std | seconds |',
+              '|---|---|---|---|---|---:|---:|---:|---:|---:|']
     for c in cells:
         result = f'failed at {c.failed_at}: {c.reason}' if c.failed else 'ok'
         lines.append(f'| {c.family.upper()} | {c.optimizer} | {c.lam:g} | {c.regularizer} | '
@@ -256,8 +281,9 @@ def render_png(cells: Sequence[Cell]) -> bytes:
     panels: Dict[Tuple[str, str, float], List[Cell]] = {}
     for c in cells:
         panels.setdefault((c.family, c.optimizer, c.lam), []).append(c)
+    order = list(FAMILIES) + list(OPTIMIZERS)
     rows = sorted({(c.family, c.optimizer) for c in cells},
-                  key=lambda k: (FAMILIES.index(k[0]) if k[0] in FAMILIES else 9, k[1]))
+                  key=lambda k: (order.index(k[0]), order.index(k[1])))
     lambdas = sorted({c.lam for c in cells}, reverse=True)
     figure = Figure(figsize=(3.0 * len(lambdas) + 0.5, 2.4 * len(rows) + 0.6),
                     layout='constrained')
@@ -275,6 +301,9 @@ def render_png(cells: Sequence[Cell]) -> bytes:
                 if c.failed:
                     ax.plot(*points[-1], marker='x', color=colors[c.eps], markersize=8)
         ax.set_yscale('log')
+        low, high = ax.get_ylim()
+        if high > 10 * low:  # label decades only; narrower panels keep their minor labels
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.set_title(f'{family.upper()} {optimizer}, λ={lam:g}', fontsize=9)
         if r == len(rows) - 1:
@@ -287,22 +316,13 @@ def render_png(cells: Sequence[Cell]) -> bytes:
         figure.legend(handles, labels, loc='outside lower center', ncol=len(handles),
                       fontsize=8)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=72)
-    return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
-    try:
-        with open(tmp, 'xb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    figure.savefig(buffer, format='png', dpi=80)
+    # a 64-colour palette keeps the figure small enough to live in docs/ (~4x smaller)
+    buffer.seek(0)
+    image = Image.open(buffer).convert('RGB').quantize(colors=64)
+    out = io.BytesIO()
+    image.save(out, format='PNG', optimize=True)
+    return out.getvalue()
 
 
 def write_results(cells: Sequence[Cell], steps: int, out_dir, command: str) -> Dict[str, Path]:
@@ -320,7 +340,7 @@ def write_results(cells: Sequence[Cell], steps: int, out_dir, command: str) -> D
     paths = {}
     for name, data in contents.items():
         paths[name] = out / name
-        _write_atomic(paths[name], data)
+        _load_report()._write_atomic(paths[name], data)
     return paths
 
 
@@ -340,11 +360,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     base = QUICK if args.quick else dict(families=FAMILIES, optimizers=tuple(OPTIMIZERS),
                                          lambdas=LAMBDAS, epsilons=EPSILONS, steps=STEPS)
-    args.families = args.families or base['families']
-    args.optimizers = args.optimizers or base['optimizers']
-    args.lambdas = args.lambdas or base['lambdas']
-    args.eps = args.eps or base['epsilons']
-    args.steps = args.steps or base['steps']
+    for name, key in (('families', 'families'), ('optimizers', 'optimizers'),
+                      ('lambdas', 'lambdas'), ('eps', 'epsilons'), ('steps', 'steps')):
+        if getattr(args, name) is None:
+            setattr(args, name, base[key])
     if args.steps < 1:
         parser.error(f'--steps must be >= 1, got {args.steps}')
     if any(not lam > 0 for lam in args.lambdas):
@@ -361,15 +380,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     command = ' '.join(['tools/stability_sweep.py'] + list(
         sys.argv[1:] if argv is None else argv))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        start = time.perf_counter()
-        cells = run_sweep(sweep_cells(args.families, args.optimizers, args.lambdas, args.eps),
-                          args.steps)
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    cells = run_sweep(sweep_cells(args.families, args.optimizers, args.lambdas, args.eps),
+                      args.steps, threads=args.threads)
+    elapsed = time.perf_counter() - start
     paths = write_results(cells, args.steps, args.out, command)
     print(paths['stability.md'].read_text(encoding='utf-8'))
     print(f'{len(cells)} cells in {elapsed:.0f}s; wrote ' + ', '.join(map(str, paths.values())))

@@ -101,9 +101,12 @@ def train_tiny(work_dir: Path, hook: dict, weight_decay: float = 1e-4, eps: floa
             custom_hooks=[dict(type='WeightNormStatsHook', **hook)])
         handler = _ListHandler()
         runner.logger.addHandler(handler)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny ops: a second thread only spin-waits on a shared CPU
         try:
             runner.train()
         finally:
+            torch.set_num_threads(threads)
             runner.logger.removeHandler(handler)
     stats_hook = next(h for h in runner.hooks if isinstance(h, WeightNormStatsHook))
     return runner, stats_hook, [m for m in handler.messages if 'WeightNormStatsHook' in m]
@@ -226,6 +229,7 @@ def test_unwraps_model_wrappers_and_skips_frozen_weights():
     (dict(threshold=float('inf')), 'threshold'), (dict(growth_warn=1.), 'growth_warn'),
     (dict(large_inv_std=-1.), 'large_inv_std'), (dict(overflow_std='1e-20'), 'overflow_std'),
     (dict(layers='backbone'), 'layers'), (dict(layers=['']), 'layers'),
+    (dict(layers=5), 'layers'),
 ])
 def test_invalid_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -86,7 +86,8 @@ class WeightNormStatsHook(Hook):
     It fires on the iterations where ``LoggerHook`` with the same interval writes a line (every
     ``interval`` iterations of an epoch and at its last one), so the logged values are fresh when
     ``interval`` divides the logger's interval; otherwise a log line repeats the last values.
-    The work is one float64 ``var_mean`` per weight under ``no_grad``, and one device sync.
+    The work is one float64 :func:`filter_moments` per weight under ``no_grad``, and one device
+    sync.
 
     A warning names the layer, once per growth episode, when its max 1/std is at least
     ``large_inv_std`` and grew by ``growth_warn`` or more since the previous check, when its min
@@ -124,7 +125,7 @@ class WeightNormStatsHook(Hook):
         self.large_inv_std = _check_positive('large_inv_std', large_inv_std)
         self.overflow_std = _check_positive('overflow_std', overflow_std)
         if layers is not None:
-            if isinstance(layers, str) or not all(
+            if not isinstance(layers, (list, tuple)) or not all(
                     isinstance(p, str) and p for p in layers):
                 raise ValueError('WeightNormStatsHook: layers must be a list of non-empty name '
                                  f'patterns, got {layers!r}')
