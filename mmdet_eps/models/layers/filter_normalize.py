@@ -15,9 +15,10 @@ centered copy, norm) scaled in place, and the backward is one fused kernel. The 
 
 (the bracket only when centered). For centered filters this is exactly the training-mode batch
 norm backward of ``W`` viewed as ``(1, C_out, n)`` with saved mean ``m``, saved inverse std
-``rho = sqrt(n / (D s (s + eps)))`` and per-channel weight ``gamma = 1 / ((s + eps) rho)``, so
-that kernel (one reduction pass and one output pass per filter, on CPU and CUDA) computes it.
-The results equal the plain expression to float rounding (tests/models/test_filter_normalize.py).
+``rho = sqrt(n / (D s (s + eps)))`` and per-channel weight ``gamma = rho s D / n``
+(``= 1 / ((s + eps) rho)``), so that kernel (one reduction pass and one output pass per filter,
+on CPU and CUDA) computes it. The results equal the plain expression to float rounding
+(tests/models/test_filter_normalize.py).
 """
 import math
 
@@ -25,41 +26,40 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .filter_stats import centered_filters, fan_in, filter_norm, flat_filters
+from .filter_stats import centered_filters, fan_in, flat_filters, raw_filter_norm
 
 
 class _NormalizeFilters(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, eps: float, centered: bool, divisor: float) -> Tensor:
-        if centered:
+        flat = flat_filters(weight)
+        if centered:  # the statistics are remembered for the optimizer step: no in-place ops
             out, mean, norm = centered_filters(weight)
         else:
-            out, norm = flat_filters(weight), filter_norm(weight, centered=False).view(-1, 1)
-        scale = norm.div_(math.sqrt(divisor)) if divisor != 1 else norm
+            out, mean, norm = flat, None, raw_filter_norm(weight)
+        scale = norm * (1 / math.sqrt(divisor)) if divisor != 1 else norm
         inv = (scale + eps).reciprocal_()
-        ctx.centered = centered
-        if centered:
-            out.mul_(inv)
-            rho = inv.div(scale).mul_(fan_in(weight) / divisor).sqrt_()
-            ctx.save_for_backward(weight, mean.view(-1), rho.view(-1), inv.div_(rho).view(-1))
-        else:
-            out = out * inv
-            ctx.divisor = divisor
-            ctx.save_for_backward(out, inv, scale)
+        out = out.mul_(inv) if centered else flat * inv
+        ctx.centered, ctx.divisor, ctx.eps = centered, divisor, eps
+        ctx.save_for_backward(weight if centered else out, mean, scale, inv)
         return out.view(weight.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        saved, mean, scale, inv = ctx.saved_tensors
         if ctx.centered:
-            weight, mean, rho, gamma = ctx.saved_tensors
+            weight = saved
+            n_over_d = fan_in(weight) / ctx.divisor
+            rho = scale.div(inv).mul_(1 / n_over_d).rsqrt_()
+            gamma = rho.mul(scale).mul_(1 / n_over_d)
             shape = (1, weight.shape[0], -1)
             grad_w = torch.ops.aten.native_batch_norm_backward(
-                grad.reshape(shape), weight.reshape(shape), gamma, None, None, mean, rho, True,
-                0., [True, False, False])[0]
+                grad.reshape(shape), weight.reshape(shape), gamma.view(-1), None, None,
+                mean.view(-1), rho.view(-1), True, 0., [True, False, False])[0]
             return grad_w.view(grad.shape), None, None, None
-        out, inv, scale = ctx.saved_tensors
+        out = saved
         g = grad.reshape(out.shape)
         k = torch.linalg.vecdot(g, out, dim=1).unsqueeze_(1).div_(scale * -ctx.divisor)
         grad_w = (out * k).addcmul_(g, inv)
@@ -73,7 +73,7 @@ def normalize_filters(weight: Tensor, eps: float, centered: bool = True,
 
     Not twice differentiable (no gradient of a gradient through the normalization).
     """
-    if divisor <= 0:
+    if not divisor > 0:
         raise ValueError(f'divisor must be > 0, got {divisor}')
     return _NormalizeFilters.apply(weight, float(eps), bool(centered), float(divisor))
 

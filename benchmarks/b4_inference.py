@@ -1,0 +1,115 @@
+"""B4: eval-mode inference (``torch.no_grad``) of a WS backbone vs plain, and of the baked one.
+
+ResNet-50 backbones in eval mode, batch 2, 320x320 and 512x512:
+
+- ``plain`` (baseline): mmdet's ResNet-50, plain convs.
+- ``ws``: ``WSResNet-50``; in eval mode under no_grad each WSConv standardizes its weight once and
+  reuses it until the weight changes (``NormalizedConv2d.normalized_weight``).
+- ``baked``: the WS backbone after ``tools/bake_ws.py``'s ``bake_module`` (plain ``nn.Conv2d``
+  holding the standardized weights) - what a deployed model runs.
+
+BN running statistics are first calibrated on random inputs (a fresh WS backbone with default
+running stats overflows), then copied, so all three compute on realistic activations.
+Without mmdet the backbones are ``_torch_only.TorchResNet``.
+
+    python benchmarks/b4_inference.py [--quick] [--device cuda]
+"""
+import copy
+import importlib.util
+import os.path as osp
+import sys
+
+import torch
+from torch import nn
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import REPO, Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
+from _torch_only import TorchResNet, load_package, quiet_warnings  # noqa: E402
+
+
+def load_bake_tool():
+    spec = importlib.util.spec_from_file_location('bake_ws', osp.join(REPO, 'tools', 'bake_ws.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, size: int, device: str) -> None:
+    """Cumulative BN running statistics from a few random batches, then eval mode."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    gen = torch.Generator(device='cpu').manual_seed(0)
+    for _ in range(3):
+        model(torch.randn(2, 3, size, size, generator=gen).to(device))
+    model.eval()
+
+
+def build(pkg, device: str, calib_size: int):
+    if pkg.torch_only:
+        plain, ws = TorchResNet(50, nn.Conv2d), TorchResNet(50, pkg.WSConv)
+    else:
+        from mmdet.registry import MODELS
+        common = dict(depth=50, norm_eval=False, frozen_stages=-1, out_indices=(0, 1, 2, 3))
+        plain = MODELS.build(dict(type='ResNet', **common))
+        ws = MODELS.build(dict(type='WSResNet', **common))
+    ws.load_state_dict(plain.state_dict())
+    plain, ws = plain.to(device), ws.to(device)
+    calibrate_bn(plain, calib_size, device)
+    calibrate_bn(ws, calib_size, device)
+    baked = copy.deepcopy(ws)
+    n = len(load_bake_tool().bake_module(baked))
+    baked.eval()
+    return dict(plain=plain, ws=ws, baked=baked), n
+
+
+def extra_args(parser):
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--sizes', type=int, nargs='+', default=None)
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
+    env = setup_env(args)
+    quiet_warnings()
+    pkg = load_package()
+    env['torch_only'] = pkg.torch_only
+    report = Report('B4', 'eval inference (no_grad): WS (cached) and baked vs plain', args, env,
+                    goal='ws and baked: 1.00x within noise')
+    sizes = args.sizes or ([64] if args.quick else [320, 512])
+    models, n_baked = build(pkg, args.device, min(sizes))
+    report.note(f'baked {n_baked} WSConv into nn.Conv2d')
+    with torch.no_grad():
+        x = torch.randn(1, 3, min(sizes), min(sizes), device=args.device)
+        ref = models['ws'](x)
+        got = models['baked'](x)
+        diff = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+                   for a, b in zip(ref, got))
+    report.note(f'baked vs WS outputs: max relative difference {diff:.2e}')
+    for size in sizes:
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, 3, size, size, device=args.device)
+
+        def infer(model):
+            def run():
+                with torch.no_grad():
+                    model(x)
+            return run
+        default = 40 if args.device.startswith('cuda') else (20 if size <= 320 else 12)
+        timings = interleaved({k: infer(m) for k, m in models.items()}, 'plain',
+                              rounds_for(args, default), warmup=warmup_for(args),
+                              device=args.device, label=f'B4 {size}')
+        report.add(f'batch {args.batch}, {size}x{size}', timings, 'plain',
+                   labels={'plain': 'ResNet-50, plain convs',
+                           'ws': 'WSResNet-50, eval (cached standardized weights)',
+                           'baked': 'WSResNet-50 baked by tools/bake_ws.py'},
+                   batch=args.batch, size=size)
+    report.finish()
+    return report
+
+
+if __name__ == '__main__':
+    main()

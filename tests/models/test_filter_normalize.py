@@ -1,0 +1,88 @@
+"""The fused normalization Function and the two-pass statistics against plain autograd."""
+import pytest
+import torch
+
+from mmdet_eps.models.layers.filter_normalize import normalize_filters, standardize_filters
+from mmdet_eps.models.layers.filter_stats import (centered_filters, filter_moments, filter_norm)
+
+SHAPES = [(6, 4, 3, 3), (16, 8, 1, 1), (5, 3, 7, 7), (4, 2, 3)]
+
+
+def _weight(shape, offset=0.2, dtype=torch.float64):
+    torch.manual_seed(sum(shape))
+    w = torch.randn(shape, dtype=dtype) * 0.3
+    w += offset * torch.randn((shape[0], ) + (1, ) * (len(shape) - 1), dtype=dtype)
+    return w
+
+
+def _reference(w, eps, centered, divisor):
+    f = w.reshape(w.shape[0], -1)
+    u = f - f.mean(1, keepdim=True) if centered else f
+    s = u.norm(dim=1, keepdim=True) / divisor**0.5
+    return (u / (s + eps)).view_as(w)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('eps', [0., 1e-5, 0.3])
+@pytest.mark.parametrize('kind', ['ws_unbiased', 'ws_population', 'cwn', 'wn'])
+def test_forward_and_backward_equal_autograd(shape, eps, kind):
+    w = _weight(shape)
+    n = w[0].numel()
+    centered, divisor = {'ws_unbiased': (True, n - 1), 'ws_population': (True, n),
+                         'cwn': (True, 1), 'wn': (False, 1)}[kind]
+    grad = torch.randn(shape, dtype=w.dtype)
+    ours = w.clone().requires_grad_(True)
+    ref = w.clone().requires_grad_(True)
+    out = normalize_filters(ours, eps, centered, divisor)
+    expected = _reference(ref, eps, centered, divisor)
+    torch.testing.assert_close(out, expected)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(ours.grad, ref.grad)
+
+
+def test_gradcheck():
+    w = _weight((3, 2, 2, 2)).requires_grad_(True)
+    for centered, divisor in [(True, 7), (True, 1), (False, 1)]:
+        assert torch.autograd.gradcheck(
+            lambda x: normalize_filters(x, 1e-3, centered, divisor), (w, ))
+
+
+def test_standardize_filters_float32_close_to_float64():
+    w = _weight((64, 32, 3, 3), dtype=torch.float32).requires_grad_(True)
+    w64 = w.detach().double().requires_grad_(True)
+    grad = torch.randn(w.shape)
+    out, out64 = standardize_filters(w, 1e-5), standardize_filters(w64, 1e-5)
+    torch.testing.assert_close(out, out64.float(), rtol=1e-5, atol=1e-5)
+    out.backward(grad)
+    out64.backward(grad.double())
+    torch.testing.assert_close(w.grad, w64.grad.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_refuses_non_positive_divisor():
+    with pytest.raises(ValueError, match='divisor'):
+        normalize_filters(torch.randn(2, 3), 0., True, 0)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('correction', [0, 1])
+def test_two_pass_moments_equal_var_mean(shape, correction):
+    w = _weight(shape, offset=3.)
+    mean, var = filter_moments(w, correction=correction)
+    ref_var, ref_mean = torch.var_mean(w.reshape(shape[0], -1), 1, correction=correction)
+    assert mean.shape == var.shape == (shape[0], ) + (1, ) * (len(shape) - 1)
+    torch.testing.assert_close(mean.flatten(), ref_mean)
+    torch.testing.assert_close(var.flatten(), ref_var)
+    f = w.reshape(shape[0], -1)
+    torch.testing.assert_close(filter_norm(w, centered=False).flatten(), f.norm(dim=1))
+    torch.testing.assert_close(filter_norm(w, centered=True).flatten(),
+                               (f - ref_mean[:, None]).norm(dim=1))
+    centered, m, norm = centered_filters(w)
+    torch.testing.assert_close(centered, f - ref_mean[:, None])
+
+
+def test_moments_of_float32_weights_with_a_large_offset_stay_accurate():
+    w = _weight((8, 16, 3, 3), offset=0., dtype=torch.float32) * 1e-3 + 5.
+    _, var = filter_moments(w)
+    _, ref = filter_moments(w.double())
+    torch.testing.assert_close(var.double(), ref, rtol=1e-3, atol=0)
