@@ -19,7 +19,7 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest', 'pytest-timeout'],
+        'test': ['pytest', 'pytest-timeout', 'faster-coco-eval'],
         'fast': ['faster-coco-eval'],
     },
 )

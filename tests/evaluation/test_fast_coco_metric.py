@@ -60,7 +60,6 @@ def test_default_is_mmdet_coco_metric(tmp_path):
 
 @pytest.mark.parametrize('classwise', [False, True])
 def test_faster_coco_eval_gives_identical_metrics(tmp_path, classwise):
-    pytest.importorskip('faster_coco_eval')
     ann_file, results = _coco(tmp_path)
     saved = (coco_metric.COCO, coco_metric.COCOeval, coco_metric.COCOevalMP)
     fast = _metrics(ann_file, results, use_faster_coco_eval=True, classwise=classwise)
