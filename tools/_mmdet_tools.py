@@ -8,14 +8,22 @@ import runpy
 import sys
 
 import mmdet
+import torch.distributed as torch_dist
 
 import mmdet_eps  # noqa: F401  registers our modules and safe checkpoint loading
 
 
 def run_mmdet_tool(name: str) -> None:
-    """Execute ``mmdet/.mim/tools/<name>`` as ``__main__`` with the current ``sys.argv``."""
+    """Execute ``mmdet/.mim/tools/<name>`` as ``__main__`` with the current ``sys.argv``, then
+    release the distributed process group if the tool started one."""
     path = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', name)
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} is missing: reinstall mmdet 3.3 from its wheel')
     sys.argv[0] = path
-    runpy.run_path(path, run_name='__main__')
+    try:
+        runpy.run_path(path, run_name='__main__')
+    finally:
+        # mmengine never destroys the process group; a gloo group alive at interpreter exit
+        # can abort the process ("terminate called without an active exception").
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()

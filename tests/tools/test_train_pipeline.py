@@ -98,3 +98,10 @@ def test_cli_train_resume_and_test(tiny_coco, tmp_path):
     assert results, 'tools/test.py wrote no metrics'
     assert 'coco/bbox_mAP' in json.loads(results[-1].read_text())
     assert (test_dir / 'results.pkl').is_file()
+
+    report_dir = tmp_path / 'report'
+    run_tool('tools/report.py', str(work_dir), str(tmp_path / 'resumed'), '--names', 'trained',
+             'resumed', '--baseline', 'trained', '--out-dir', str(report_dir))
+    table = (report_dir / 'report.md').read_text()
+    assert '| trained |' in table and '| resumed |' in table
+    assert (report_dir / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
