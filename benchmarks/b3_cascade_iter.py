@@ -4,13 +4,15 @@ The model of ``configs/toy/cascade_rcnn_ws_eps_r18_toy.py`` (WS-ResNet-18 + FPN,
 stages, BN training) is built with mmengine ``Config`` + ``MODELS.build``; the optimizer wrapper
 is built from the config's ``optim_wrapper`` as the runner does. One iteration is
 ``model.train_step(batch, optim_wrapper)``: data preprocessing, forward, losses, backward, step -
-what the runner times as ``time`` minus data loading. The batch is fixed and synthetic (4 images of
-128x160, the toy set's size, 2-5 boxes each, ``mmdet.testing.demo_mm_inputs``).
+what the runner times as ``time`` minus data loading. The batch is fixed and synthetic (the toy
+recipe's batch size, images of 128x160 as in the toy set, 2-5 boxes each,
+``mmdet.testing.demo_mm_inputs``).
 
 - ``plain`` (baseline): the same config with ``backbone.type='ResNet'`` and the default
   optimizer-wrapper constructor (plain SGD weight decay).
 - ``ws_eps``: the config as it is (``WSResNet``, ``EpsShiftedOptimWrapperConstructor``).
-- ``ws_plain_wd``: ``WSResNet`` with the default constructor (splits the cost of WS and of the term).
+- ``ws_plain_wd``: ``WSResNet`` with the default constructor (separates the cost of WS from
+  that of the term).
 
 All three start from the same weights; lr is lowered to 0.002 so that 100+ iterations on one batch
 stay finite.
@@ -77,7 +79,7 @@ def main(argv=None):
     state = candidates['plain'][0].state_dict()
     for model, _ in candidates.values():
         model.load_state_dict(state)
-    batch_size = 2 if args.quick else 4
+    batch_size = cfg.train_dataloader.batch_size  # the toy recipe's batch
     batch = make_batch(batch_size, len(cfg.classes))
     losses = {}
 

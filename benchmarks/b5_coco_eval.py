@@ -20,7 +20,6 @@ summary numbers must be identical between the backends; the largest difference i
 import contextlib
 import io
 import json
-import os
 import os.path as osp
 import sys
 import tempfile

@@ -81,7 +81,7 @@ def main(argv=None):
     optim = cfg.optim_wrapper.to_dict()
     optim['optimizer']['lr'] = b3.LR
     model, wrapper = b3.build(cfg.model, optim)
-    batch = b3.make_batch(2 if args.quick else 4, len(cfg.classes))
+    batch = b3.make_batch(cfg.train_dataloader.batch_size, len(cfg.classes))
 
     def cascade_step():
         torch.manual_seed(1)

@@ -41,7 +41,8 @@ def test_bake_module_covers_every_family_and_keeps_outputs():
 def test_bake_config_dict():
     cfg = dict(model=dict(backbone=dict(type='WSResNet', conv_cfg=None),
                           neck=dict(type='FPN', conv_cfg=dict(type='WSConv')),
-                          head=[dict(conv_cfg=dict(type='ConvWS')), dict(conv_cfg=dict(type='DCN'))]))
+                          head=[dict(conv_cfg=dict(type='ConvWS')),
+                                dict(conv_cfg=dict(type='DCN'))]))
     out, changes = bake.bake_config_dict(cfg)
     assert out['model']['backbone']['type'] == 'ResNet'
     assert out['model']['neck']['conv_cfg'] is None

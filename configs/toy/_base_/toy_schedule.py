@@ -13,7 +13,7 @@ param_scheduler = [
 ]
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4),
+    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
     constructor='EpsShiftedOptimWrapperConstructor',
     paramwise_cfg=dict(eps_shift=dict(eps=1e-3)))
 auto_scale_lr = dict(enable=False, base_batch_size=2)
