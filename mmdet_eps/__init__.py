@@ -2,9 +2,10 @@
 
 Importing this package (``custom_imports=dict(imports=['mmdet_eps'])``) registers the WS/WN/CWN
 conv layers and WS-ResNet backbones in mmdet's MODELS, the ε-shifted optimizer-wrapper
-constructor, and applies the compatibility fixes of ``mmdet_eps.utils.compat``.
+constructor and FastCocoMetric, and applies the compatibility fixes of ``mmdet_eps.utils.compat``.
 """
 from .engine import *  # noqa: F401,F403
+from .evaluation import *  # noqa: F401,F403
 from .models import *  # noqa: F401,F403
 from .utils import enable_compat
 
