@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmdet_eps.engine.optimizers import eps_shifted_regularizer
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import (apply_eps_shift,
                                                                  eps_shift_coefficients,
                                                                  eps_shifted_grad,
@@ -14,6 +15,14 @@ from mmdet_eps.models.layers.filter_stats import (centered_filters, filter_cente
 from .helpers import CONVS, autograd_grad, build_optim_wrapper
 
 FAMILIES = ['ws', 'wn', 'cwn']
+
+
+@pytest.fixture(params=['per_tensor', 'foreach'])
+def update_path(request, monkeypatch):
+    """Both update paths: tensor by tensor (CPU) and foreach calls (GPUs), here on CPU."""
+    if request.param == 'foreach':
+        monkeypatch.setattr(eps_shifted_regularizer, 'PER_TENSOR_DEVICES', ())
+    return request.param
 
 
 def _stats(weight, family):
@@ -50,7 +59,7 @@ def test_nothing_is_remembered_when_autograd_needs_the_statistics():
 
 @pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
-def test_step_after_forward_equals_the_paper_gradient(family, mode):
+def test_step_after_forward_equals_the_paper_gradient(family, mode, update_path):
     torch.manual_seed(0)
     lr, lam, eps = 0.1, 0.3, 0.05
     conv = CONVS[family](3, 6, 3).double()
@@ -85,7 +94,7 @@ def test_group_coefficients_equal_per_tensor_ones(family):
 
 
 @pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
-def test_channels_last_weights_and_gradients(mode):
+def test_channels_last_weights_and_gradients(mode, update_path):
     torch.manual_seed(0)
     convs = [CONVS['ws'](4, 8, 3).double() for _ in range(2)]
     convs[1].load_state_dict(convs[0].state_dict())
@@ -104,7 +113,7 @@ def test_channels_last_weights_and_gradients(mode):
     assert not convs[1].weight.is_contiguous()
 
 
-def test_mixed_dtypes_in_one_group_are_handled_apart():
+def test_mixed_dtypes_in_one_group_are_handled_apart(update_path):
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(4, 3, 3, 3)), nn.Parameter(torch.randn(6, 2, 3, 3).double())]
     for p in params:

@@ -11,7 +11,7 @@ Speed:
   accurate; the centered filters made on the way are what the layers normalize, so
   :func:`centered_filters` hands them out.
 - Every statistic computed without autograd is remembered for its tensor, tagged with the
-  tensor's version counter, data pointer, shape, stride, dtype and device. A later request made
+  tensor's version counter, data pointer and shape. A later request made
   without autograd for the *same, unmodified* tensor (any in-place op bumps the version counter)
   gets the remembered values - bitwise what a recomputation would give. In training the layers
   compute the statistics of each weight in the forward pass and the optimizer step, which runs
@@ -49,23 +49,20 @@ def per_filter_shape(weight: Tensor) -> Tuple[int, ...]:
 
 # ----------------------------------------------------------------------------- memo
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and hasattr(compiler, 'is_compiling'):
-        return compiler.is_compiling()
-    return False
+_compiler = getattr(torch, 'compiler', None)
+_is_compiling = getattr(_compiler, 'is_compiling', None) or (lambda: False)
 
 
 def _state(weight: Tensor) -> Optional[tuple]:
-    """What identifies the tensor's current values, or None when it cannot be tracked."""
-    if _is_compiling() or (torch.is_grad_enabled() and weight.requires_grad):
+    """What identifies the tensor's current values, or None when it cannot be tracked: the
+    version counter (bumped by every in-place write), the data pointer (a new storage) and the
+    shape."""
+    if _is_compiling() or (weight.requires_grad and torch.is_grad_enabled()):
         return None
     try:
-        version = weight._version
+        return (weight._version, weight.data_ptr(), weight.shape)
     except RuntimeError:  # inference tensors have no version counter
         return None
-    return (version, weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype,
-            weight.device)
 
 
 def _recall(weight: Tensor, centered: bool) -> Optional[tuple]:

@@ -45,15 +45,22 @@ class NormalizedConv2d(nn.Conv2d):
         raise NotImplementedError
 
     def normalized_weight(self) -> Tensor:
-        """``normalize(weight)``, cached while the module is frozen for inference."""
-        if self.training or torch.is_grad_enabled():
-            self._cache = None
-            return self.normalize(self.weight)
+        """``normalize(weight)``, cached while the module is frozen for inference.
+
+        The cache is keyed by the weight's version counter (bumped by every in-place write:
+        optimizer steps, ``load_state_dict``) and data pointer (a new tensor: ``.to()``,
+        ``.half()``); the check costs two attribute reads, so eval costs what a plain conv does.
+        """
         w = self.weight
-        key = (w._version, w.data_ptr(), w.device, w.dtype)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.normalize(w))
-        return self._cache[1]
+        if self.training or torch.is_grad_enabled():
+            if self._cache is not None:
+                self._cache = None
+            return self.normalize(w)
+        key = (w._version, w.data_ptr())
+        cache = self._cache
+        if cache is None or cache[0] != key:
+            cache = self._cache = (key, self.normalize(w))
+        return cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)
