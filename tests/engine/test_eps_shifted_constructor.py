@@ -11,7 +11,8 @@ from mmdet.registry import MODELS
 from mmengine.logging import MMLogger
 from torch import nn
 
-from mmdet_eps.engine.optimizers.eps_shifted_regularizer import FAMILY_KEY, LAMBDA_KEY
+from mmdet_eps.engine.optimizers.eps_shifted_regularizer import (FAMILY_KEY, LAMBDA_KEY,
+                                                                  MODE_KEY)
 
 from .helpers import TinyNet, autograd_grad, build_optim_wrapper
 
@@ -44,6 +45,20 @@ def test_mmcv_convws_is_recognized_and_default_options_keep_working():
     assert _group_of(opt, model[1].weight)['weight_decay'] == 0.
     assert _group_of(opt, model[0].bias)['weight_decay'] == pytest.approx(0.5e-4)
     assert _group_of(opt, model[2].weight)['lr'] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize('optimizer,mode', [
+    (SGD, 'coupled'),
+    (dict(type='Adam', lr=1e-3, weight_decay=1e-4), 'coupled'),
+    (dict(type='AdamW', lr=1e-3, weight_decay=0.05), 'decoupled'),
+    (dict(type=torch.optim.AdamW, lr=1e-3, weight_decay=0.05), 'decoupled'),
+])
+def test_auto_mode_follows_how_the_optimizer_applies_its_own_decay(optimizer, mode):
+    model = TinyNet('ws')
+    opt = build_optim_wrapper(model, optimizer, eps_shift=dict()).optimizer
+    assert _group_of(opt, model.conv.weight)[MODE_KEY] == mode
+    explicit = build_optim_wrapper(TinyNet('ws'), optimizer, eps_shift=dict(mode='coupled'))
+    assert all(g.get(MODE_KEY, 'coupled') == 'coupled' for g in explicit.optimizer.param_groups)
 
 
 def test_custom_keys_decay_mult_sets_lambda():

@@ -12,7 +12,10 @@ from mmdet_eps.models.layers import get_norm_family
 from .eps_shifted_regularizer import (EPS_KEY, FAMILY_KEY, LAMBDA_KEY, MODE_KEY, MODES,
                                       apply_eps_shift)
 
-_EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='coupled', decay_mult=1.0)
+_EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0)
+#: Optimizers whose own ``weight_decay`` is decoupled from the gradient: ``mode='auto'`` gives
+#: the ε-shifted term the same form there, and the coupled form (SGD, Adam, ...) elsewhere.
+DECOUPLED_DECAY_OPTIMIZERS = ('AdamW', )
 
 
 def _check_eps_shift(cfg: Optional[dict]) -> dict:
@@ -32,8 +35,8 @@ def _check_eps_shift(cfg: Optional[dict]) -> dict:
             raise ValueError(f'paramwise_cfg.eps_shift.{key} must be a float >= 0, '
                              f'got {value!r}')
         out[key] = float(value)
-    if out['mode'] not in MODES:
-        raise ValueError(f'paramwise_cfg.eps_shift.mode must be one of {MODES}, '
+    if out['mode'] not in MODES + ('auto', ):
+        raise ValueError(f"paramwise_cfg.eps_shift.mode must be one of {MODES + ('auto', )}, "
                          f'got {out["mode"]!r}')
     return out
 
@@ -60,11 +63,13 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     Every option of ``DefaultOptimWrapperConstructor`` keeps working; ``bias_decay_mult``
     defaults to 0 (paper Sec. 6.1). The term's options travel in ``paramwise_cfg``::
 
-        paramwise_cfg=dict(eps_shift=dict(eps=1e-3, mode='coupled', decay_mult=1.0))
+        paramwise_cfg=dict(eps_shift=dict(eps=1e-3, mode='auto', decay_mult=1.0))
 
     λ is the weight decay the default rules give the weight (``custom_keys`` included) times
     ``decay_mult``. ``mode='coupled'`` adds λ∇R to the gradient before momentum / moment
-    estimates (the authors' SGD); ``'decoupled'`` subtracts lr·λ∇R from the weight (AdamW-style).
+    estimates (the authors' SGD); ``'decoupled'`` subtracts lr·λ∇R from the weight (AdamW-style);
+    ``'auto'`` (default) applies the term the way the optimizer applies its own weight decay:
+    decoupled for AdamW, coupled otherwise.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
@@ -74,6 +79,11 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if optim_wrapper_cfg.get('optimizer', {}).get('weight_decay') is None:
             raise ValueError('optim_wrapper.optimizer.weight_decay must be set: it is the λ of '
                              'the ε-shifted L2 term')
+        if self.eps_shift['mode'] == 'auto':
+            opt_type = optim_wrapper_cfg['optimizer'].get('type')
+            name = getattr(opt_type, '__name__', opt_type)  # a registry name or a class
+            decoupled = name in DECOUPLED_DECAY_OPTIMIZERS
+            self.eps_shift['mode'] = 'decoupled' if decoupled else 'coupled'
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         if self.optimizer_cfg.get('fused'):
             raise ValueError('optim_wrapper.optimizer.fused=True is not supported: fused '
