@@ -1,11 +1,11 @@
-"""Run every benchmark (B1-B6), each in its own process, and print one table.
+"""Run every benchmark (B1-B7), each in its own process, and print one table.
 
     python benchmarks/run_all.py [--quick] [--only B1 B2 ...] [--device cuda] [--out-dir DIR]
 
 Each benchmark writes ``<out-dir>/<B>.json`` (default ``benchmarks/results/``, git-ignored); this
 script then writes ``summary.json`` and ``summary.md`` there. ``make benchmarks`` runs it. Every
 figure is a ratio against a baseline timed in the same process, interleaved, median over rounds
-(see benchmarks/_common.py). Benchmarks that need mmdet (B3, B5 through mmdet, B6) are skipped
+(see benchmarks/_common.py). Benchmarks that need mmdet (B3, B5 through mmdet, B6, B7) are skipped
 on a torch-only machine.
 """
 import argparse
@@ -27,6 +27,7 @@ BENCHMARKS = {
     'B4': 'b4_inference.py',
     'B5': 'b5_coco_eval.py',
     'B6': 'b6_stats_hook.py',
+    'B7': 'b7_roi_align.py',
 }
 TORCH_ONLY = ('B1', 'B2', 'B4')
 

@@ -28,6 +28,9 @@ SPLITS = ('train2017', 'val2017')  # the position is the split's seed stream
 MIN_VISIBLE = 0.7  # fraction of its own area an object must keep visible under later ones
 MIN_CONTRAST = 90.0  # wanted RGB distance between a shape and the mean of what it covers
 MAX_TRIES = 30  # placement attempts per object before it is skipped
+#: Default extent of a shape, as fractions of the image's short side: medium-sized objects, so
+#: a box that is right to a pixel or two scores at COCO's strict IoU thresholds (0.85-0.95).
+SIZE_RANGE = (0.25, 0.55)
 
 
 def _outline(rng: np.random.Generator, name: str, size: float) -> np.ndarray:
@@ -77,13 +80,13 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img + rng.normal(0, rng.uniform(2, 8), img.shape)
 
 
-def _place(rng: np.random.Generator, objects: List[list], h: int,
-           w: int) -> Optional[Tuple[int, np.ndarray]]:
+def _place(rng: np.random.Generator, objects: List[list], h: int, w: int,
+           size_range: Tuple[float, float]) -> Optional[Tuple[int, np.ndarray]]:
     """Sample a shape fully inside the image that leaves every earlier object mostly visible.
 
     On success, shrink the visible masks in ``objects`` and return (category index, mask).
     """
-    lo, hi = max(8.0, 0.16 * min(h, w)), 0.45 * min(h, w)
+    lo, hi = (max(8.0, frac * min(h, w)) for frac in size_range)
     for _ in range(MAX_TRIES):
         cat = int(rng.integers(len(CLASSES)))
         poly = _outline(rng, CLASSES[cat], rng.uniform(lo, hi))
@@ -104,13 +107,13 @@ def _place(rng: np.random.Generator, objects: List[list], h: int,
     return None
 
 
-def _scene(rng: np.random.Generator, h: int, w: int,
-           max_objects: int) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+def _scene(rng: np.random.Generator, h: int, w: int, max_objects: int,
+           size_range: Tuple[float, float]) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Render one image; return it (uint8) and (category index, visible mask) per object."""
     img = _background(rng, h, w)
     objects: List[list] = []  # [category index, full area, visible mask]
     for _ in range(int(rng.integers(1, max_objects + 1))):
-        placed = _place(rng, objects, h, w)
+        placed = _place(rng, objects, h, w, size_range)
         if placed is not None:
             cat, mask = placed
             under = img[mask].mean(0)
@@ -145,7 +148,7 @@ def _annotation(cat: int, visible: np.ndarray, image_id: int, ann_id: int) -> di
 
 
 def _write_split(root: Path, split: str, num: int, seed: int, width: int, height: int,
-                 max_objects: int) -> Dict[str, Union[str, int]]:
+                 max_objects: int, size_range: Tuple[float, float]) -> Dict[str, Union[str, int]]:
     """Write one split's images and annotation file below ``root``; return its summary."""
     (root / split).mkdir()
     images, anns = [], []
@@ -153,7 +156,7 @@ def _write_split(root: Path, split: str, num: int, seed: int, width: int, height
     bar = ProgressBar(num)
     for image_id in range(1, num + 1):
         rng = np.random.default_rng([seed, SPLITS.index(split), image_id])
-        img, objects = _scene(rng, height, width, max_objects)
+        img, objects = _scene(rng, height, width, max_objects, size_range)
         file_name = f'{image_id:06d}.png'
         cv2.imwrite(str(root / split / file_name), img)
         images.append(dict(id=image_id, file_name=file_name, width=width, height=height,
@@ -177,7 +180,8 @@ def _write_split(root: Path, split: str, num: int, seed: int, width: int, height
 
 def make_toy_coco(out_dir: Union[str, Path], num_train: int = 256, num_val: int = 64,
                   seed: int = 0, width: int = 160, height: int = 128, max_objects: int = 5,
-                  force: bool = False) -> Dict[str, object]:
+                  force: bool = False,
+                  size_range: Tuple[float, float] = SIZE_RANGE) -> Dict[str, object]:
     """Generate the dataset into ``out_dir`` atomically and return its layout and counts.
 
     Returns ``dict(root=..., classes=CLASSES, train=..., val=...)``; each split has
@@ -190,6 +194,9 @@ def make_toy_coco(out_dir: Union[str, Path], num_train: int = 256, num_val: int 
                              ('max_objects', max_objects, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f'{name} must be an integer >= {low}, got {value!r}')
+    lo, hi = (float(v) for v in size_range)
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f'size_range must be two fractions 0 < LO <= HI <= 1, got {size_range!r}')
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f'{out} exists and is not a directory')
@@ -199,7 +206,7 @@ def make_toy_coco(out_dir: Union[str, Path], num_train: int = 256, num_val: int 
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
     try:
         (tmp / 'annotations').mkdir()
-        splits = {key: _write_split(tmp, split, num, seed, width, height, max_objects)
+        splits = {key: _write_split(tmp, split, num, seed, width, height, max_objects, (lo, hi))
                   for key, split, num in zip(('train', 'val'), SPLITS, (num_train, num_val))}
         if out.exists():  # empty, or replaced because of force: move the old one aside first
             old = Path(tempfile.mkdtemp(prefix=f'.{out.name}.old-', dir=out.parent))
@@ -223,11 +230,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--width', type=int, default=160, help='image width (>= 32)')
     parser.add_argument('--height', type=int, default=128, help='image height (>= 32)')
     parser.add_argument('--max-objects', type=int, default=5, help='most objects per image (>= 1)')
+    parser.add_argument('--size-range', type=float, nargs=2, default=SIZE_RANGE,
+                        metavar=('LO', 'HI'),
+                        help='shape extent as fractions of the short side (default: %(default)s)')
     parser.add_argument('--force', action='store_true', help='replace a non-empty out_dir')
     args = parser.parse_args(argv)
     try:
         result = make_toy_coco(args.out_dir, args.num_train, args.num_val, args.seed,
-                               args.width, args.height, args.max_objects, args.force)
+                               args.width, args.height, args.max_objects, args.force,
+                               tuple(args.size_range))
     except (ValueError, FileExistsError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

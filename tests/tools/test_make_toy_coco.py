@@ -143,17 +143,32 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('bad', [dict(num_train=0), dict(num_val=0), dict(width=31),
                                  dict(height=8), dict(seed=-1), dict(max_objects=0),
-                                 dict(num_train=2.5)])
+                                 dict(num_train=2.5), dict(size_range=(0., 0.5)),
+                                 dict(size_range=(0.6, 0.5)), dict(size_range=(0.5, 1.5))])
 def test_invalid_options_are_rejected(tmp_path, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         toy.make_toy_coco(tmp_path / 'out', **{**SMALL, **bad})
     assert list(tmp_path.iterdir()) == []
 
 
+def test_size_range_sets_object_extent(tmp_path):
+    """Shapes get larger with the size range: boxes never exceed HI of the short side (times the
+    triangle's 1.15 reach and a rotation's sqrt 2) and grow on average."""
+    def box_sides(size_range):
+        out = toy.make_toy_coco(tmp_path / str(size_range), num_train=12, num_val=1,
+                                size_range=size_range)
+        anns = _load(out, 'train').dataset['annotations']
+        return np.array([max(a['bbox'][2:]) for a in anns])
+
+    small, large = box_sides((0.15, 0.2)), box_sides((0.5, 0.6))
+    assert small.max() <= 0.2 * 128 * 1.15 * 2**0.5 + 2
+    assert large.mean() > 2 * small.mean()
+
+
 def test_command_line(tmp_path):
     out = tmp_path / 'cli'
     cmd = [sys.executable, str(TOOL), str(out), '--num-train', '2', '--num-val', '1',
-           '--width', '48', '--height', '40', '--seed', '5']
+           '--width', '48', '--height', '40', '--seed', '5', '--size-range', '0.3', '0.6']
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert 'train: 2 images' in done.stdout
