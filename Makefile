@@ -33,7 +33,8 @@ $(STAMP): setup.py Makefile
 	$(PY) -c 'import mmdet_eps, mmcv.ops; print("mmdet-eps set up:", mmdet_eps.__version__)'
 	touch $(STAMP)
 
-$(TOY_DATA)/annotations/instances_val2017.json: | $(STAMP)
+# Regenerated when the generator changes (its output is a pure function of the script).
+$(TOY_DATA)/annotations/instances_val2017.json: tools/make_toy_coco.py | $(STAMP)
 	$(PY) tools/make_toy_coco.py $(TOY_DATA) --force
 
 toy-data: $(TOY_DATA)/annotations/instances_val2017.json

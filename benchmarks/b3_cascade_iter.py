@@ -9,12 +9,12 @@ recipe's batch size, images of 128x160 as in the toy set, 2-5 boxes each,
 ``mmdet.testing.demo_mm_inputs``).
 
 - ``plain`` (baseline): the same config with ``backbone.type='ResNet'`` and the default
-  optimizer-wrapper constructor (plain SGD weight decay).
+  optimizer-wrapper constructor (the config's optimizer with plain weight decay; same clipping).
 - ``ws_eps``: the config as it is (``WSResNet``, ``EpsShiftedOptimWrapperConstructor``).
 - ``ws_plain_wd``: ``WSResNet`` with the default constructor (separates the cost of WS from
   that of the term).
 
-All three start from the same weights; lr is lowered to 0.002 so that 100+ iterations on one batch
+All three start from the same weights; lr is capped at 0.002 so that 100+ iterations on one batch
 stay finite.
 
     python benchmarks/b3_cascade_iter.py [--quick]
@@ -65,8 +65,8 @@ def main(argv=None):
     report = Report('B3', 'toy Cascade R-CNN training iteration (train_step), WS + ε vs plain',
                     args, env, goal='ws_eps <= 1.05x plain')
     optim = copy.deepcopy(cfg.optim_wrapper.to_dict())
-    optim['optimizer']['lr'] = LR
-    plain_optim = dict(type=optim['type'], optimizer=optim['optimizer'])
+    optim['optimizer']['lr'] = min(optim['optimizer']['lr'], LR)
+    plain_optim = {k: v for k, v in optim.items() if k not in ('constructor', 'paramwise_cfg')}
     ws_model = cfg.model
     plain_model = copy.deepcopy(ws_model)
     plain_model.backbone.type = 'ResNet'

@@ -9,7 +9,7 @@ seeded by (seed, split, index), and images are lossless PNGs.
 
 Example::
 
-    python tools/make_toy_coco.py data/toy_coco --num-train 256 --num-val 64 --seed 0
+    python tools/make_toy_coco.py data/toy_coco --num-train 1024 --num-val 64 --seed 0
 """
 import argparse
 import json
@@ -178,7 +178,7 @@ def _write_split(root: Path, split: str, num: int, seed: int, width: int, height
                 num_images=num, num_annotations=len(anns))
 
 
-def make_toy_coco(out_dir: Union[str, Path], num_train: int = 256, num_val: int = 64,
+def make_toy_coco(out_dir: Union[str, Path], num_train: int = 1024, num_val: int = 64,
                   seed: int = 0, width: int = 160, height: int = 128, max_objects: int = 5,
                   force: bool = False,
                   size_range: Tuple[float, float] = SIZE_RANGE) -> Dict[str, object]:
@@ -224,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('out_dir', help='directory to create (must not exist or be empty)')
-    parser.add_argument('--num-train', type=int, default=256, help='train images')
+    parser.add_argument('--num-train', type=int, default=1024, help='train images')
     parser.add_argument('--num-val', type=int, default=64, help='val images')
     parser.add_argument('--seed', type=int, default=0, help='random seed (>= 0)')
     parser.add_argument('--width', type=int, default=160, help='image width (>= 32)')
