@@ -81,9 +81,10 @@ def test_cli_train_resume_and_test(tiny_coco, tmp_path):
     assert [{k: v for k, v in g.items() if k != 'params'} for g in saved['param_groups']] == \
         [{k: v for k, v in g.items() if k != 'params'} for g in resumed['param_groups']]
     assert saved['state'].keys() == resumed['state'].keys()
-    for key, state in saved['state'].items():
-        torch.testing.assert_close(state['momentum_buffer'],
-                                   resumed['state'][key]['momentum_buffer'])
+    for key, state in saved['state'].items():  # AdamW: step, exp_avg, exp_avg_sq
+        assert state and state.keys() == resumed['state'][key].keys()
+        for name, value in state.items():
+            torch.testing.assert_close(value, resumed['state'][key][name])
     assert runner.iter == 4
 
     proc = run_tool('tools/train.py', config, '--resume', *cli_options(overrides))
