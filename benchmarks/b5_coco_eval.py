@@ -18,6 +18,7 @@ summary numbers must be identical between the backends; the largest difference i
     python benchmarks/b5_coco_eval.py [--quick] [--images 5000] [--dets 100]
 """
 import contextlib
+import functools
 import io
 import json
 import os.path as osp
@@ -80,34 +81,22 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def pycocotools_eval(gt_file: str, dets):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def coco_eval(gt_file: str, dets, fast: bool):
+    """A timed ``run()`` of COCO bbox evaluation (faster-coco-eval's ``COCOeval_faster`` when
+    ``fast``, else pycocotools' ``COCOeval``) and the dict its 12 stats land in."""
+    if fast:
+        from faster_coco_eval import COCO, COCOeval_faster
+        make_eval = functools.partial(COCOeval_faster, print_function=print)
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval as make_eval
     with _quiet():
         gt = COCO(gt_file)
     stats = {}
 
     def run():
         with _quiet():
-            dt = gt.loadRes(dets)
-            ev = COCOeval(gt, dt, 'bbox')
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        stats['stats'] = np.array(ev.stats[:12])
-    return run, stats
-
-
-def faster_eval(gt_file: str, dets):
-    from faster_coco_eval import COCO, COCOeval_faster
-    with _quiet():
-        gt = COCO(gt_file)
-    stats = {}
-
-    def run():
-        with _quiet():
-            dt = gt.loadRes(dets)
-            ev = COCOeval_faster(gt, dt, 'bbox', print_function=print)
+            ev = make_eval(gt, gt.loadRes(dets), 'bbox')
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
@@ -160,8 +149,8 @@ def main(argv=None):
         gt_file = osp.join(tmp, 'gt.json')
         with open(gt_file, 'w') as f:
             json.dump(gt, f)
-        ref_run, ref = pycocotools_eval(gt_file, dets)
-        fast_run, fast = faster_eval(gt_file, dets)
+        ref_run, ref = coco_eval(gt_file, dets, fast=False)
+        fast_run, fast = coco_eval(gt_file, dets, fast=True)
         rounds = rounds_for(args, 3, quick=2)
         timings = interleaved(dict(pycocotools=ref_run, faster_coco_eval=fast_run),
                               'pycocotools', rounds, warmup=warmup_for(args, 0, 0), label='B5')

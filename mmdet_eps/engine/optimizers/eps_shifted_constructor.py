@@ -16,6 +16,7 @@ _EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0)
 #: Optimizers whose own ``weight_decay`` is decoupled from the gradient: ``mode='auto'`` gives
 #: the ε-shifted term the same form there, and the coupled form (SGD, Adam, ...) elsewhere.
 DECOUPLED_DECAY_OPTIMIZERS = ('AdamW', )
+_CONFIG_MODES = MODES + ('auto', )
 
 
 def _check_eps_shift(cfg: Optional[dict]) -> dict:
@@ -35,8 +36,8 @@ def _check_eps_shift(cfg: Optional[dict]) -> dict:
             raise ValueError(f'paramwise_cfg.eps_shift.{key} must be a float >= 0, '
                              f'got {value!r}')
         out[key] = float(value)
-    if out['mode'] not in MODES + ('auto', ):
-        raise ValueError(f"paramwise_cfg.eps_shift.mode must be one of {MODES + ('auto', )}, "
+    if out['mode'] not in _CONFIG_MODES:
+        raise ValueError(f'paramwise_cfg.eps_shift.mode must be one of {_CONFIG_MODES}, '
                          f'got {out["mode"]!r}')
     return out
 
