@@ -22,8 +22,18 @@ def run_mmdet_tool(name: str) -> None:
     sys.argv[0] = path
     try:
         runpy.run_path(path, run_name='__main__')
-    finally:
-        # mmengine never destroys the process group; a gloo group alive at interpreter exit
-        # can abort the process ("terminate called without an active exception").
-        if torch_dist.is_available() and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+    except BaseException:
+        _release_process_group(synchronize=False)  # peers may be gone: no collective call
+        raise
+    _release_process_group(synchronize=True)
+
+
+def _release_process_group(synchronize: bool) -> None:
+    """mmengine never destroys the process group; a gloo group alive at interpreter exit, or
+    torn down by one rank while a peer still talks to it, can abort the process ("terminate
+    called without an active exception"). After a clean run all ranks meet at a barrier first."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return
+    if synchronize:
+        torch_dist.barrier()
+    torch_dist.destroy_process_group()
