@@ -245,6 +245,14 @@ def format_table(rows: List[Dict], title: str = '') -> str:
     return '\n'.join(lines) + '\n'
 
 
+def parse_size(text: str) -> tuple:
+    """``'320'`` -> (320, 320); ``'1344x800'`` -> (800, 1344) as (H, W) (width x height)."""
+    if 'x' in text:
+        width, height = (int(v) for v in text.split('x'))
+        return height, width
+    return int(text), int(text)
+
+
 def rounds_for(args: argparse.Namespace, default: int, quick: int = 2) -> int:
     if args.rounds is not None:
         return args.rounds

@@ -4,9 +4,10 @@ mmcv / mmengine / mmdet), plus a torchvision-style ResNet that takes any conv cl
 :func:`load_package` imports ``mmdet_eps`` normally when mmdet is importable. Otherwise (or with
 ``MMDET_EPS_BENCH_TORCH_ONLY=1``, which also blocks mmcv/mmengine/mmdet imports so the path can
 be tried on a machine that has them) it imports only the torch-only files of the package:
-``models/layers/{filter_stats,filter_normalize,normalized_conv,ws_conv,wn_conv}.py`` and
-``engine/optimizers/eps_shifted_regularizer.py``, behind stub parent packages, with a stub
-``mmdet.registry.MODELS`` whose ``register_module()`` returns the class unchanged. The code that
+``models/layers/{norm_family,filter_stats,filter_normalize,normalized_conv,filter_group,ws_conv,
+wn_conv}.py`` and ``engine/optimizers/eps_shifted_regularizer.py``, behind stub parent packages,
+with a stub ``mmdet.registry.MODELS`` whose ``register_module()`` returns the class unchanged and
+stand-in classes for mmcv's ``ConvWS2d`` / ``ConvAWS2d`` (which no model here contains). The code that
 runs is the package's own code, file for file.
 """
 import importlib
@@ -71,7 +72,8 @@ _PACKAGE = None
 
 def load_package() -> types.SimpleNamespace:
     """The package's layers and regularizer: ``ns.WSConv``, ``ns.CWNConv``, ``ns.WNConv``,
-    ``ns.regularizer`` (the module), ``ns.filter_stats``, ``ns.torch_only`` (bool)."""
+    ``ns.regularizer`` (the module), ``ns.filter_stats`` and ``ns.filter_normalize`` (modules),
+    ``ns.group_normalized_convs``, ``ns.torch_only`` (bool)."""
     global _PACKAGE
     if _PACKAGE is not None:
         return _PACKAGE
@@ -82,10 +84,12 @@ def load_package() -> types.SimpleNamespace:
         from mmdet.utils import register_all_modules
         register_all_modules(init_default_scope=True)
         from mmdet_eps.engine.optimizers import eps_shifted_regularizer as regularizer
-        from mmdet_eps.models.layers import CWNConv, WNConv, WSConv, filter_stats
+        from mmdet_eps.models.layers import (CWNConv, WNConv, WSConv, filter_normalize,
+                                             filter_stats, group_normalized_convs)
         _PACKAGE = types.SimpleNamespace(WSConv=WSConv, CWNConv=CWNConv, WNConv=WNConv,
                                          regularizer=regularizer, filter_stats=filter_stats,
-                                         torch_only=False)
+                                         group_normalized_convs=group_normalized_convs,
+                                         filter_normalize=filter_normalize, torch_only=False)
         return _PACKAGE
     if torch_only_requested() and not any(isinstance(f, _Blocker) for f in sys.meta_path):
         for name in list(sys.modules):
@@ -99,21 +103,34 @@ def load_package() -> types.SimpleNamespace:
     registry.MODELS = _StubRegistry()
     mmdet.registry = registry
     sys.modules['mmdet'], sys.modules['mmdet.registry'] = mmdet, registry
+    _stub_package('mmengine', None)  # the conv layers register in mmengine's root registry
+    sys.modules['mmengine.registry'] = registry
+    conv_ws = types.ModuleType('mmcv.cnn.bricks.conv_ws')
+    conv_ws.ConvWS2d = type('ConvWS2d', (nn.Conv2d, ), {})
+    conv_ws.ConvAWS2d = type('ConvAWS2d', (nn.Conv2d, ), {})
+    for name in ('mmcv', 'mmcv.cnn', 'mmcv.cnn.bricks'):
+        _stub_package(name, None)
+    sys.modules['mmcv.cnn.bricks.conv_ws'] = conv_ws
     pkg = osp.join(REPO, 'mmdet_eps')
     _stub_package('mmdet_eps', pkg)
     _stub_package('mmdet_eps.models', osp.join(pkg, 'models'))
     layers = _stub_package('mmdet_eps.models.layers', osp.join(pkg, 'models', 'layers'))
+    _stub_package('mmdet_eps.utils', osp.join(pkg, 'utils'))  # only op_count is torch-only
     _stub_package('mmdet_eps.engine', osp.join(pkg, 'engine'))
     _stub_package('mmdet_eps.engine.optimizers', osp.join(pkg, 'engine', 'optimizers'))
-    stats = importlib.import_module('mmdet_eps.models.layers.filter_stats')
-    for name in ('fan_in', 'filter_moments', 'filter_norm', 'centered_filters'):
-        setattr(layers, name, getattr(stats, name))
-    ws = importlib.import_module('mmdet_eps.models.layers.ws_conv')
-    wn = importlib.import_module('mmdet_eps.models.layers.wn_conv')
-    layers.WSConv, layers.WNConv, layers.CWNConv = ws.WSConv, wn.WNConv, wn.CWNConv
+    for name in ('norm_family', 'filter_stats', 'filter_normalize', 'normalized_conv',
+                 'filter_group', 'ws_conv', 'wn_conv'):  # the package __init__'s names
+        module = importlib.import_module(f'mmdet_eps.models.layers.{name}')
+        for attr in getattr(module, '__all__', None) or dir(module):
+            if not attr.startswith('_'):
+                setattr(layers, attr, getattr(module, attr))
     regularizer = importlib.import_module('mmdet_eps.engine.optimizers.eps_shifted_regularizer')
-    _PACKAGE = types.SimpleNamespace(WSConv=ws.WSConv, CWNConv=wn.CWNConv, WNConv=wn.WNConv,
-                                     regularizer=regularizer, filter_stats=stats,
+    stats = sys.modules['mmdet_eps.models.layers.filter_stats']
+    _PACKAGE = types.SimpleNamespace(WSConv=layers.WSConv, CWNConv=layers.CWNConv,
+                                     WNConv=layers.WNConv, regularizer=regularizer,
+                                     filter_stats=stats,
+                                     filter_normalize=layers.filter_normalize,
+                                     group_normalized_convs=layers.group_normalized_convs,
                                      torch_only=True)
     return _PACKAGE
 
@@ -181,19 +198,21 @@ class Bottleneck(nn.Module):
 
 class TorchResNet(nn.Module):
     """ResNet-50/101/152 backbone returning the four stage outputs, like mmdet's ResNet with
-    ``out_indices=(0, 1, 2, 3)``; ``conv`` builds every conv (stem, blocks, downsample)."""
+    ``out_indices=(0, 1, 2, 3)``; ``conv`` builds every conv (stem, blocks, downsample),
+    ``width`` is the stem's and first stage's width (mmdet's ``base_channels``)."""
 
     arch = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
-    def __init__(self, depth: int = 50, conv: Type[nn.Conv2d] = nn.Conv2d) -> None:
+    def __init__(self, depth: int = 50, conv: Type[nn.Conv2d] = nn.Conv2d,
+                 width: int = 64) -> None:
         super().__init__()
-        self.conv1 = conv(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = conv(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes, layers = 64, []
+        inplanes, layers = width, []
         for i, blocks in enumerate(self.arch[depth]):
-            planes, stride = 64 * 2**i, 1 if i == 0 else 2
+            planes, stride = width * 2**i, 1 if i == 0 else 2
             downsample = nn.Sequential(conv(inplanes, planes * 4, 1, stride=stride, bias=False),
                                        nn.BatchNorm2d(planes * 4))
             stage = [Bottleneck(conv, inplanes, planes, stride, downsample)]

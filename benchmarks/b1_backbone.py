@@ -13,7 +13,7 @@ Candidates, each its own model with the same initial weights:
 Without mmdet (the GPU machine) the backbone is ``_torch_only.TorchResNet`` (same layout and
 convs) with the package's WSConv, and the mmcv anchor is a copy of mmcv's ``conv_ws_2d``.
 
-    python benchmarks/b1_backbone.py [--quick] [--device cuda] [--batch 2] [--sizes 320 512]
+    python benchmarks/b1_backbone.py [--quick] [--device cuda] [--batch 2] [--sizes 320 1344x800]
 """
 import os.path as osp
 import sys
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
+from _common import (Report, interleaved, parse_args, parse_size, rounds_for, setup_env,  # noqa
+                     warmup_for)
 from _torch_only import (MMCVStyleConvWS2d, StdConv2d, TorchResNet, load_package,  # noqa
                          quiet_warnings)
 
@@ -79,8 +80,8 @@ def train_step(model: nn.Module, x: torch.Tensor):
 
 def extra_args(parser):
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--sizes', type=int, nargs='+', default=None,
-                        help='input sizes (default 320 512; 64 with --quick)')
+    parser.add_argument('--sizes', nargs='+', default=None,
+                        help="input sizes, N or WxH (default 320 512; 64 with --quick)")
     parser.add_argument('--depth', type=int, default=50)
 
 
@@ -92,18 +93,19 @@ def main(argv=None):
     env['torch_only'] = pkg.torch_only
     report = Report('B1', f'ResNet-{args.depth} backbone forward+backward, WS vs plain', args,
                     env, goal='ws <= 1.03x plain')
-    sizes = args.sizes or ([64] if args.quick else [320, 512])
+    sizes = args.sizes or (['64'] if args.quick else ['320', '512'])
     models = {k: m.to(args.device) for k, m in build_backbones(pkg, args.depth).items()}
     for size in sizes:
         torch.manual_seed(0)
-        x = torch.randn(args.batch, 3, size, size, device=args.device)
-        default_rounds = 15 if size <= 320 else 9
+        height, width = parse_size(size)
+        x = torch.randn(args.batch, 3, height, width, device=args.device)
+        default_rounds = 15 if height * width <= 320 * 320 else 9
         if args.device.startswith('cuda'):
             default_rounds = 30
         timings = interleaved({k: train_step(m, x) for k, m in models.items()}, 'plain',
                               rounds_for(args, default_rounds), warmup=warmup_for(args),
                               device=args.device, label=f'B1 {size}')
-        report.add(f'batch {args.batch}, {size}x{size}', timings, 'plain', labels=LABELS,
+        report.add(f'batch {args.batch}, {width}x{height}', timings, 'plain', labels=LABELS,
                    goal_for='ws', goal_max=1.03, batch=args.batch, size=size)
     report.finish()
     return report

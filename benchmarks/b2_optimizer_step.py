@@ -6,20 +6,21 @@ gradients. Candidates, each with its own copy of the parameters:
 - ``sgd_wd`` (baseline): plain ``torch.optim.SGD`` (momentum 0.9, weight_decay 1e-4), one group.
 - ``eps_sgd``: the optimizer ``EpsShiftedOptimWrapperConstructor`` builds (SGD momentum 0.9,
   ε-shifted term on the WS weights, coupled) - the thing the goal is about - as it runs in
-  training: after a forward pass. The WS layers compute each weight's per-filter mean and norm
-  in the forward (that cost belongs to the forward and is in B1/B3); the step reuses them
-  (``filter_stats``). Before each timed step, untimed, every WS layer normalizes its weight as
-  the forward does.
+  training: after a forward pass. The WS layers compute each weight's unit filters while
+  normalizing it in the forward (that cost belongs to the forward and is in B1/B3); the step
+  reuses them (``filter_stats``). Before each timed step, untimed, every WS layer normalizes its
+  weight as the forward does.
 - ``eps_sgd_cold``: the same step without a forward since the last update, so the step computes
-  the statistics itself (the worst case: e.g. a step on weights no forward used).
+  the unit filters itself (the worst case: e.g. a step on weights no forward used).
 - ``eps_groups_no_term``: the same groups with the term's hook removed (where the time goes).
 - ``adamw`` / ``eps_adamw``: plain AdamW and the constructor's AdamW with the decoupled term.
 - ``lsgd_loop``: anchor, the authors' LSGD style: a Python loop over tensors that adds the term
   to each 4-D weight's gradient and does the momentum update tensor by tensor.
 
 Without mmdet (the GPU machine) the backbone is ``_torch_only.TorchResNet`` with the package's
-WSConv and the constructor's three groups are rebuilt by hand (WS weights: ε-shifted, no decay;
-BN weights: decay; biases: no decay); the hook is the package's ``apply_eps_shift``.
+WSConv and the constructor's three groups are rebuilt by hand (WS weights: ε-shifted, their λW
+left to the optimizer's own decay as the constructor does; BN weights: decay; biases: no
+decay); the hook is the package's ``apply_eps_shift``.
 
     python benchmarks/b2_optimizer_step.py [--quick] [--device cuda]
 """
@@ -99,7 +100,7 @@ def eps_optimizer(model: nn.Module, pkg, optimizer: dict, mode: str) -> torch.op
             continue
         (biases if name.endswith('bias') else decayed).append(p)
     groups = [
-        {'params': ws_weights, 'weight_decay': 0., reg.FAMILY_KEY: 'ws', reg.LAMBDA_KEY: wd,
+        {'params': ws_weights, 'weight_decay': wd, reg.FAMILY_KEY: 'ws', reg.LAMBDA_KEY: wd,
          reg.EPS_KEY: EPS, reg.MODE_KEY: mode},
         {'params': decayed},
         {'params': biases, 'weight_decay': 0.},
@@ -110,13 +111,13 @@ def eps_optimizer(model: nn.Module, pkg, optimizer: dict, mode: str) -> torch.op
 
 
 def forward_statistics(model: nn.Module):
-    """What a training forward pass does to the WS weights (normalize them, with autograd),
-    without the convolutions: run untimed before a timed step."""
+    """What a training forward pass does to the WS weights (normalize them with autograd,
+    recording their unit filters), without the convolutions: run untimed before a timed step."""
     convs = [m for m in model.modules() if getattr(m, 'norm_family', None)]
 
     def run():
         for m in convs:
-            m.normalize(m.weight)
+            m.normalized_weight()
     return run
 
 

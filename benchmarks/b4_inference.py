@@ -3,10 +3,10 @@
 ResNet-50 backbones in eval mode, batch 2, 320x320 and 512x512:
 
 - ``plain`` (baseline): mmdet's ResNet-50, plain convs.
-- ``ws``: ``WSResNet-50``; in eval mode under no_grad each WSConv standardizes its weight once and
-  reuses it until the weight changes (``NormalizedConv2d.normalized_weight``).
-- ``baked``: the WS backbone after ``tools/bake_ws.py``'s ``bake_module`` (plain ``nn.Conv2d``
-  holding the standardized weights) - what a deployed model runs.
+- ``ws``: ``WSResNet-50``; in eval mode under no_grad each stage standardizes its weights in every
+  forward, grouped and without autograd (nothing is cached, so every write to a weight is seen).
+- ``baked``: the WS backbone after ``tools/model_converters/bake_ws.py``'s ``bake_module`` (plain
+  ``nn.Conv2d`` holding the standardized weights) - what a deployed model runs.
 
 BN running statistics are first calibrated on random inputs (a fresh WS backbone with default
 running stats overflows), then copied, so all three compute on realistic activations.
@@ -28,7 +28,8 @@ from _torch_only import TorchResNet, load_package, quiet_warnings  # noqa: E402
 
 
 def load_bake_tool():
-    spec = importlib.util.spec_from_file_location('bake_ws', osp.join(REPO, 'tools', 'bake_ws.py'))
+    path = osp.join(REPO, 'tools', 'model_converters', 'bake_ws.py')
+    spec = importlib.util.spec_from_file_location('bake_ws', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -105,7 +106,7 @@ def main(argv=None):
         report.add(f'batch {args.batch}, {size}x{size}', timings, 'plain',
                    labels={'plain': 'ResNet-50, plain convs',
                            'ws': 'WSResNet-50, eval (cached standardized weights)',
-                           'baked': 'WSResNet-50 baked by tools/bake_ws.py'},
+                           'baked': 'WSResNet-50 baked by tools/model_converters/bake_ws.py'},
                    batch=args.batch, size=size)
     report.finish()
     return report

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: numerics of the fused WS Function and the ε-shifted step on CUDA, then B1, B2 and B4
-# on CUDA. Needs only python + torch with CUDA (no mmcv / mmengine / mmdet, no internet): the
+# GPU check: numerics of the grouped WS Function and the ε-shifted step on CUDA, then B1, B2, B4
+# and B8 on CUDA. Needs only python + torch with CUDA (no mmcv / mmengine / mmdet, no internet): the
 # benchmarks import the package's torch-only files directly (benchmarks/_torch_only.py).
 # Budget: well under 8 minutes on one H100 (most of it start-up and cudnn autotuning).
 #
@@ -13,9 +13,9 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
 if [ "${SMOKE:-0}" = 1 ]; then
-  S1="64"; S2="64"; R1=2; R2=2; R3=2; R4=2; B16=2
+  S1="64"; S2="64"; S3="96x64"; R1=2; R2=2; R3=2; R4=2; R8=2; B16=2
 else
-  S1="320 512"; S2="512"; R1=30; R2=20; R3=25; R4=40; B16=16
+  S1="320 512"; S2="512"; S3="1344x800"; R1=30; R2=20; R3=25; R4=40; R8=40; B16=16
 fi
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -42,6 +42,12 @@ step B1 150 "$PY" benchmarks/b1_backbone.py --device "$DEVICE" --batch 2 --sizes
   --rounds $R1 --out "$OUT/B1.json"
 step B1_batch16 120 "$PY" benchmarks/b1_backbone.py --device "$DEVICE" --batch $B16 --sizes $S2 \
   --rounds $R2 --out "$OUT/B1_batch16.json"
+step B1_coco 150 "$PY" benchmarks/b1_backbone.py --device "$DEVICE" --batch 2 --sizes $S3 \
+  --rounds $R2 --out "$OUT/B1_coco.json"
+step B8 150 "$PY" benchmarks/b8_launch_bound.py --device "$DEVICE" --rounds $R8 \
+  --out "$OUT/B8.json"
+step B8_coco 150 "$PY" benchmarks/b8_launch_bound.py --device "$DEVICE" --width 64 --size $S3 \
+  --frozen 1 --rounds $R2 --out "$OUT/B8_coco.json"
 step B2 120 "$PY" benchmarks/b2_optimizer_step.py --device "$DEVICE" --rounds $R3 \
   --out "$OUT/B2.json"
 step B4 90 "$PY" benchmarks/b4_inference.py --device "$DEVICE" --batch 2 --sizes $S1 \
@@ -54,7 +60,7 @@ sys.path.insert(0, 'benchmarks')
 from _common import format_table
 out = sys.argv[1]
 parts = []
-for name in ('B1', 'B1_batch16', 'B2', 'B4'):
+for name in ('B1', 'B1_batch16', 'B1_coco', 'B2', 'B4', 'B8', 'B8_coco'):
     path = os.path.join(out, f'{name}.json')
     if os.path.exists(path):
         with open(path) as f:

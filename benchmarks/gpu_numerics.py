@@ -2,11 +2,13 @@
 
 Checks, on ``--device``:
 
-1. ``WSConv`` / ``CWNConv`` / ``WNConv`` forward and weight gradient (the fused Function, whose
-   centered backward is the batch-norm backward kernel) against the plain autograd expression in
+1. ``WSConv`` / ``CWNConv`` / ``WNConv`` forward and weight gradient (the normalization
+   Function: layer norm forward, group-norm backward) against the plain autograd expression in
    float64 on CPU, for the weight shapes of a ResNet-50;
-2. the optimizer step with the package's ``apply_eps_shift`` hook (after a forward, so with the
-   remembered statistics, and without) against ``w - lr (g + λ∇R)`` of the paper's formula.
+2. the same for groups of weights normalized together (``normalize_filter_batch``, as a
+   WS-ResNet stage does);
+3. the optimizer step with the package's ``apply_eps_shift`` hook (after a forward, so with the
+   recorded unit filters, and without) against ``w - lr (g + λ∇R)`` of the paper's formula.
 
 Writes ``--out`` (JSON) and exits non-zero when an error exceeds its tolerance.
 
@@ -84,6 +86,22 @@ def main(argv=None) -> int:
                        grad_rel_err=rel_err(conv.weight.grad, ref_w.grad))
             worst = max(worst, row['fwd_rel_err'], row['grad_rel_err'])
             results.append(row)
+    batch = pkg.filter_normalize.normalize_filter_batch
+    for trailing, counts in [((64, 1, 1), (64, 256, 256, 256)), ((256, 3, 3), (256, 256, 256))]:
+        ws64 = [torch.randn((c, ) + trailing, dtype=torch.float64) * 0.05 for c in counts]
+        g64 = [torch.randn_like(w) for w in ws64]
+        n = ws64[0][0].numel()
+        ours = [w.to(dev, torch.float32).requires_grad_(True) for w in ws64]
+        outs, _ = batch(ours, 1e-5, True, n - 1)
+        torch.autograd.backward(outs, [g.to(dev, torch.float32) for g in g64])
+        refs = [w.clone().requires_grad_(True) for w in ws64]
+        expected = [reference(w, 1e-5, True, n - 1) for w in refs]
+        torch.autograd.backward(expected, g64)
+        row = dict(shape=[sum(counts), *trailing], kind=f'batch of {len(counts)}',
+                   fwd_rel_err=max(rel_err(o, e) for o, e in zip(outs, expected)),
+                   grad_rel_err=max(rel_err(o.grad, r.grad) for o, r in zip(ours, refs)))
+        worst = max(worst, row['fwd_rel_err'], row['grad_rel_err'])
+        results.append(row)
     step_rows = []
     reg = pkg.regularizer
     for family, cls in [('ws', pkg.WSConv), ('cwn', pkg.CWNConv), ('wn', pkg.WNConv)]:

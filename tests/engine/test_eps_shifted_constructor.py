@@ -27,8 +27,8 @@ def test_only_normalized_weights_get_the_term():
     model = TinyNet('ws')
     opt = build_optim_wrapper(model, SGD, eps_shift=dict(eps=1e-3)).optimizer
     conv = _group_of(opt, model.conv.weight)
-    assert conv[FAMILY_KEY] == 'ws' and conv['weight_decay'] == 0.
-    assert conv[LAMBDA_KEY] == pytest.approx(1e-4)
+    assert conv[FAMILY_KEY] == 'ws' and conv[LAMBDA_KEY] == pytest.approx(1e-4)
+    assert conv['weight_decay'] == pytest.approx(1e-4)  # λW: SGD's own coupled decay
     for plain in (model.head.weight, model.fc.weight, model.bn.weight):
         group = _group_of(opt, plain)
         assert FAMILY_KEY not in group and group.get('weight_decay', 1e-4) == pytest.approx(1e-4)

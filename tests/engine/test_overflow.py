@@ -19,7 +19,7 @@ LAM, LR, MOMENTUM = 0.1, 0.1, 0.9
 
 def _tiny_ws_net(dtype: torch.dtype) -> nn.Module:
     """Two WS convs in the paper's form (population std, no eps inside), BN, a linear head:
-    the network of tools/stability_sweep.py."""
+    the network of tools/analysis_tools/stability_sweep.py."""
     torch.manual_seed(1)
 
     def conv(cin, cout, **kwargs):

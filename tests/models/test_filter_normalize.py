@@ -1,11 +1,12 @@
-"""The fused normalization Function and the two-pass statistics against plain autograd."""
+"""The batched normalization Function and the per-filter statistics against plain autograd."""
 import pytest
 import torch
 
-from mmdet_eps.models.layers.filter_normalize import normalize_filters, standardize_filters
-from mmdet_eps.models.layers.filter_stats import (centered_filters, filter_moments, filter_norm)
+from mmdet_eps.models.layers import (filter_moments, filter_norm, normalize_filter_batch,
+                                     normalize_filters, standardize_filters, unit_filters)
 
 SHAPES = [(6, 4, 3, 3), (16, 8, 1, 1), (5, 3, 7, 7), (4, 2, 3)]
+KINDS = ['ws_unbiased', 'ws_population', 'cwn', 'wn']
 
 
 def _weight(shape, offset=0.2, dtype=torch.float64):
@@ -22,14 +23,17 @@ def _reference(w, eps, centered, divisor):
     return (u / (s + eps)).view_as(w)
 
 
+def _kind(kind, n):
+    return {'ws_unbiased': (True, n - 1), 'ws_population': (True, n), 'cwn': (True, 1),
+            'wn': (False, 1)}[kind]
+
+
 @pytest.mark.parametrize('shape', SHAPES)
 @pytest.mark.parametrize('eps', [0., 1e-5, 0.3])
-@pytest.mark.parametrize('kind', ['ws_unbiased', 'ws_population', 'cwn', 'wn'])
+@pytest.mark.parametrize('kind', KINDS)
 def test_forward_and_backward_equal_autograd(shape, eps, kind):
     w = _weight(shape)
-    n = w[0].numel()
-    centered, divisor = {'ws_unbiased': (True, n - 1), 'ws_population': (True, n),
-                         'cwn': (True, 1), 'wn': (False, 1)}[kind]
+    centered, divisor = _kind(kind, w[0].numel())
     grad = torch.randn(shape, dtype=w.dtype)
     ours = w.clone().requires_grad_(True)
     ref = w.clone().requires_grad_(True)
@@ -41,11 +45,40 @@ def test_forward_and_backward_equal_autograd(shape, eps, kind):
     torch.testing.assert_close(ours.grad, ref.grad)
 
 
-def test_gradcheck():
-    w = _weight((3, 2, 2, 2)).requires_grad_(True)
-    for centered, divisor in [(True, 7), (True, 1), (False, 1)]:
-        assert torch.autograd.gradcheck(
-            lambda x: normalize_filters(x, 1e-3, centered, divisor), (w, ))
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('eps', [0., 1e-3])
+def test_batch_equals_one_by_one_and_passes_gradcheck(kind, eps):
+    """Many weights of one filter shape in one node: outputs, unit filters and gradients."""
+    torch.manual_seed(0)
+    weights = [_weight((c, 3, 2, 2)).requires_grad_(True) for c in (2, 5, 1)]
+    centered, divisor = _kind(kind, 12)
+    outs, unit = normalize_filter_batch(weights, eps, centered, divisor)
+    assert not unit.requires_grad
+    torch.testing.assert_close(unit, torch.cat([unit_filters(w, centered) for w in weights]))
+    for w, out in zip(weights, outs):
+        assert out.shape == w.shape
+        torch.testing.assert_close(out, _reference(w, eps, centered, divisor))
+    assert torch.autograd.gradcheck(
+        lambda *ws: torch.cat(normalize_filter_batch(ws, eps, centered, divisor)[0]), weights)
+
+
+def test_unused_members_get_zero_gradients():
+    weights = [_weight((c, 3, 3, 3)).requires_grad_(True) for c in (4, 6)]
+    outs, _ = normalize_filter_batch(weights, 1e-5, True, 26)
+    outs[1].sum().backward()
+    assert weights[0].grad is not None and weights[0].grad.abs().max() == 0
+    assert weights[1].grad.abs().max() > 0
+
+
+def test_half_precision_weights_are_normalized_in_float32():
+    w = _weight((8, 4, 3, 3), dtype=torch.float32)
+    half = w.to(torch.bfloat16).requires_grad_(True)
+    out = standardize_filters(half, 1e-5)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), standardize_filters(half.detach().float(), 1e-5),
+                               rtol=1e-2, atol=1e-2)
+    out.float().sum().backward()
+    assert half.grad.dtype == torch.bfloat16
 
 
 def test_standardize_filters_float32_close_to_float64():
@@ -57,6 +90,13 @@ def test_standardize_filters_float32_close_to_float64():
     out.backward(grad)
     out64.backward(grad.double())
     torch.testing.assert_close(w.grad, w64.grad.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_constant_filters_stay_finite():
+    w = torch.ones(3, 4, 3, 3, requires_grad=True)
+    out = standardize_filters(w, 1e-5)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(w.grad).all()
 
 
 def test_refuses_non_positive_divisor():
@@ -77,8 +117,6 @@ def test_two_pass_moments_equal_var_mean(shape, correction):
     torch.testing.assert_close(filter_norm(w, centered=False).flatten(), f.norm(dim=1))
     torch.testing.assert_close(filter_norm(w, centered=True).flatten(),
                                (f - ref_mean[:, None]).norm(dim=1))
-    centered, m, norm = centered_filters(w)
-    torch.testing.assert_close(centered, f - ref_mean[:, None])
 
 
 def test_moments_of_float32_weights_with_a_large_offset_stay_accurate():

@@ -58,21 +58,17 @@ def test_family_tags():
     assert get_norm_family(torch.nn.Conv2d(4, 4, 3)) is None
 
 
-def test_eval_cache_tracks_weight_changes():
+def test_every_forward_reads_the_weight_afresh():
+    """No cache: in-place writes, .data writes and load_state_dict are all seen, in eval too."""
     torch.manual_seed(0)
-    conv = WSConv(8, 8, 3).eval()
+    conv, ref = WSConv(8, 8, 3).eval(), ConvWS2d(8, 8, 3).eval()
     x = torch.randn(1, 8, 5, 5)
     with torch.no_grad():
-        first = conv.normalized_weight()
-        assert conv.normalized_weight() is first
-        conv.weight.mul_(3.).add_(1.)
-        changed = conv.normalized_weight()
-        assert changed is not first
-        torch.testing.assert_close(changed, conv.normalize(conv.weight))
-        other = WSConv(8, 8, 3)
-        conv.load_state_dict(other.state_dict())
-        torch.testing.assert_close(conv(x), F.conv2d(x, other.normalize(other.weight),
-                                                     other.bias))
+        for write in (lambda w: w.mul_(3.).add_(1.), lambda w: w.data.copy_(torch.randn_like(w)),
+                      lambda w: conv.load_state_dict(WSConv(8, 8, 3).state_dict())):
+            write(conv.weight)
+            ref.load_state_dict(conv.state_dict())
+            torch.testing.assert_close(conv(x), ref(x), rtol=1e-5, atol=1e-5)
     conv.train()
     assert conv.normalized_weight().requires_grad
 

@@ -25,13 +25,14 @@ import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmdet.registry import HOOKS
+from mmengine.registry import HOOKS
 from mmengine.hooks import Hook, LoggerHook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from torch import Tensor, nn
 
-from mmdet_eps.models.layers import fan_in, filter_moments, get_norm_family
+from mmdet_eps.models.layers import (fan_in, filter_norm, get_norm_family, is_centered,
+                                     scale_divisor)
 
 #: Prefix of every key the hook logs (``train/`` is added for the message hub).
 KEY_PREFIX = 'wn_stats'
@@ -43,21 +44,13 @@ _MIN_S, _MAX_INV, _N_SMALL, _MEAN_INV, _NONFINITE = range(5)
 def layer_stats(weight: Tensor, family: str, threshold: float) -> Tensor:
     """``[min s, max 1/s, #(s < threshold), mean 1/s, any non-finite]`` of one weight, float64.
 
-    One :func:`filter_moments` pass in float64, so scales far below float32's range (denormal
-    weights of a collapsing filter) are still measured. ``||W||² = n (v² + m²)`` gives WN's norm
-    from the same moments.
+    ``s`` is the family's per-filter scale ``||u|| / sqrt(D)`` (``norm_family``; WS: the
+    population std), computed in float64 so that scales far below float32's range (denormal
+    weights of a collapsing filter) are still measured.
     """
-    mean, var = filter_moments(weight.detach().to(torch.float64))
-    mean, var = mean.flatten(), var.flatten()
-    if family == 'ws':
-        sq = var
-    elif family == 'wn':
-        sq = fan_in(weight) * (var + mean.square())
-    elif family == 'cwn':
-        sq = fan_in(weight) * var
-    else:
-        raise ValueError(f'family must be one of ws/wn/cwn, got {family!r}')
-    scale = sq.sqrt()
+    w = weight.detach().to(torch.float64)
+    scale = filter_norm(w, is_centered(family)).flatten().div_(
+        math.sqrt(scale_divisor(family, fan_in(w))))
     inv = scale.reciprocal()
     return torch.stack([scale.min(), inv.max(), (scale < threshold).sum().to(scale.dtype),
                         inv.mean(), (~torch.isfinite(scale)).any().to(scale.dtype)])
@@ -86,7 +79,7 @@ class WeightNormStatsHook(Hook):
     It fires on the iterations where ``LoggerHook`` with the same interval writes a line (every
     ``interval`` iterations of an epoch and at its last one), so the logged values are fresh when
     ``interval`` divides the logger's interval; otherwise a log line repeats the last values.
-    The work is one float64 :func:`filter_moments` per weight under ``no_grad``, and one device
+    The work is one float64 :func:`layer_stats` per weight under ``no_grad``, and one device
     sync.
 
     A warning names the layer, once per growth episode, when its max 1/std is at least

@@ -3,20 +3,25 @@ import numbers
 from collections import Counter
 from typing import Dict, List, Optional
 
-from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
 from mmdet_eps.models.layers import get_norm_family
-from .eps_shifted_regularizer import (EPS_KEY, FAMILY_KEY, LAMBDA_KEY, MODE_KEY, MODES,
-                                      apply_eps_shift)
+from .eps_shifted_regularizer import (CORRECTION_KEY, EPS_KEY, FAMILY_KEY, LAMBDA_KEY,
+                                      MODE_KEY, MODES, apply_eps_shift)
 
-_EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0)
+_EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0, std='population')
 #: Optimizers whose own ``weight_decay`` is decoupled from the gradient: ``mode='auto'`` gives
 #: the ε-shifted term the same form there, and the coupled form (SGD, Adam, ...) elsewhere.
 DECOUPLED_DECAY_OPTIMIZERS = ('AdamW', )
+#: Optimizers known to add ``weight_decay * W`` to the gradient (unless built with
+#: ``decoupled_weight_decay=True``).
+COUPLED_DECAY_OPTIMIZERS = ('SGD', 'Adam', 'Adamax', 'NAdam', 'RAdam', 'RMSprop', 'Adagrad')
 _CONFIG_MODES = MODES + ('auto', )
+#: ``std`` option -> correction of WS's std in the term (paper: population; authors: unbiased).
+_STD_CORRECTION = {'population': 0, 'unbiased': 1}
 
 
 def _check_eps_shift(cfg: Optional[dict]) -> dict:
@@ -39,7 +44,20 @@ def _check_eps_shift(cfg: Optional[dict]) -> dict:
     if out['mode'] not in _CONFIG_MODES:
         raise ValueError(f'paramwise_cfg.eps_shift.mode must be one of {_CONFIG_MODES}, '
                          f'got {out["mode"]!r}')
+    if out['std'] not in _STD_CORRECTION:
+        raise ValueError(f'paramwise_cfg.eps_shift.std must be one of '
+                         f'{tuple(_STD_CORRECTION)}, got {out["std"]!r}')
     return out
+
+
+def _own_decay_form(optimizer_cfg: dict) -> Optional[str]:
+    """``'coupled'`` / ``'decoupled'``: how the configured optimizer applies its own
+    ``weight_decay``; None when unknown."""
+    opt_type = optimizer_cfg.get('type')
+    name = getattr(opt_type, '__name__', opt_type)  # a registry name or a class
+    if name in DECOUPLED_DECAY_OPTIMIZERS or optimizer_cfg.get('decoupled_weight_decay'):
+        return 'decoupled'
+    return 'coupled' if name in COUPLED_DECAY_OPTIMIZERS else None
 
 
 def _merge_groups(groups: List[dict]) -> List[dict]:
@@ -67,10 +85,28 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         paramwise_cfg=dict(eps_shift=dict(eps=1e-3, mode='auto', decay_mult=1.0))
 
     λ is the weight decay the default rules give the weight (``custom_keys`` included) times
-    ``decay_mult``. ``mode='coupled'`` adds λ∇R to the gradient before momentum / moment
-    estimates (the authors' SGD); ``'decoupled'`` subtracts lr·λ∇R from the weight (AdamW-style);
-    ``'auto'`` (default) applies the term the way the optimizer applies its own weight decay:
-    decoupled for AdamW, coupled otherwise.
+    ``decay_mult``. ``λ∇R = λ W - λ ε sqrt(D/n) x`` (see ``eps_shifted_regularizer``): when the
+    optimizer applies its own weight decay in the form of ``mode`` (SGD/Adam coupled, AdamW
+    decoupled), the group's ``weight_decay`` is set to λ and the optimizer's multi-tensor kernels
+    do ``λ W``; a step pre-hook adds the rest.
+
+    Args:
+        optim_wrapper_cfg (dict): As ``DefaultOptimWrapperConstructor``; ``optimizer.weight_decay``
+            is required (it is λ).
+        paramwise_cfg (dict, optional): As ``DefaultOptimWrapperConstructor``, plus
+            ``eps_shift`` (dict) with keys:
+
+            - ``eps`` (float): ε. Defaults to 1e-3.
+            - ``mode`` (str): ``'coupled'`` adds λ∇R to the gradient before momentum / moment
+              estimates (the authors' SGD); ``'decoupled'`` subtracts lr·λ∇R from the weight
+              (AdamW-style); ``'auto'`` takes the form of the optimizer's own weight decay:
+              decoupled for AdamW, coupled otherwise. Defaults to ``'auto'``.
+            - ``decay_mult`` (float): λ = weight decay × this. Defaults to 1.0.
+            - ``std`` (str): WS's std in the term: ``'population'`` (the paper's formula) or
+              ``'unbiased'`` (the authors' released code, to reproduce its trajectory exactly).
+              Defaults to ``'population'``.
+
+            ``bias_decay_mult`` defaults to 0.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
@@ -80,11 +116,11 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if optim_wrapper_cfg.get('optimizer', {}).get('weight_decay') is None:
             raise ValueError('optim_wrapper.optimizer.weight_decay must be set: it is the λ of '
                              'the ε-shifted L2 term')
+        own_form = _own_decay_form(optim_wrapper_cfg['optimizer'])
         if self.eps_shift['mode'] == 'auto':
-            opt_type = optim_wrapper_cfg['optimizer'].get('type')
-            name = getattr(opt_type, '__name__', opt_type)  # a registry name or a class
-            decoupled = name in DECOUPLED_DECAY_OPTIMIZERS
-            self.eps_shift['mode'] = 'decoupled' if decoupled else 'coupled'
+            self.eps_shift['mode'] = 'decoupled' if own_form == 'decoupled' else 'coupled'
+        #: Whether the optimizer's own weight decay can apply the λ W part.
+        self.delegate_decay = own_form == self.eps_shift['mode']
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         if self.optimizer_cfg.get('fused'):
             raise ValueError('optim_wrapper.optimizer.fused=True is not supported: fused '
@@ -110,11 +146,12 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 continue
             lam = group.get('weight_decay', self.base_wd) * self.eps_shift['decay_mult']
             group.update({
-                'weight_decay': 0.,
+                'weight_decay': lam if self.delegate_decay else 0.,
                 FAMILY_KEY: family,
                 LAMBDA_KEY: lam,
                 EPS_KEY: self.eps_shift['eps'],
                 MODE_KEY: self.eps_shift['mode'],
+                CORRECTION_KEY: _STD_CORRECTION[self.eps_shift['std']],
             })
         params.extend(_merge_groups(per_tensor))
 
@@ -139,4 +176,5 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                             for fam in sorted(tensors)) or 'no normalized conv weights found'
         print_log(f'ε-shifted L2 ({summary}); eps={self.eps_shift["eps"]}, '
                   f'lambda={sorted(lambdas)}, mode={self.eps_shift["mode"]}, '
+                  f'std={self.eps_shift["std"]}, '
                   f'{len(optimizer.param_groups)} param groups', logger='current')

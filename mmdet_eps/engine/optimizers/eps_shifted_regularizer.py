@@ -1,160 +1,151 @@
 """The ε-shifted L2 regularizer (paper Eq. 25-28) as an optimizer step pre-hook.
 
-Per filter with n elements, mean m, population std v and centered norm r = ||W - m|| = sqrt(n) v:
+Per filter with ``n`` elements, ``u = W - m`` (WS, CWN) or ``W`` (WN) and the family's scale
+``r = ||u|| / sqrt(D)`` (``D = n``: WS's population std v; ``D = 1``: ``||W - m||`` or ``||W||``):
 
-- WS  (Eq. 26): R = 0.5 λ n (m² + (v - ε)²),        ∇R = λ((1 - ε/v) W + (ε/v) m)
-- WN  (Eq. 25): R = 0.5 λ (||W|| - ε)²,             ∇R = λ (1 - ε/||W||) W
-- CWN:          R = 0.5 λ (n m² + (r - ε)²),        ∇R = λ((1 - ε/r) W + (ε/r) m)
+- WS  (Eq. 26): R = 0.5 λ n (m² + (v - ε)²),   λ∇R = λ((1 - ε/v) W + (ε/v) m)
+- WN  (Eq. 25): R = 0.5 λ (||W|| - ε)²,        λ∇R = λ (1 - ε/||W||) W
+- CWN:          R = 0.5 λ (n m² + (r - ε)²),   λ∇R = λ((1 - ε/r) W + (ε/r) m)
 
-All three are ``a * W + b`` with per-filter a, b, which is how they are applied; with ε = 0 each
-is exactly plain L2 decay λW.
-
-Speed (benchmarks/b2_optimizer_step.py): per group, the per-filter statistics of all tensors come
-from :func:`filter_center_stats` / :func:`filter_raw_norm` - in training the layers computed them
-in the forward pass for these very weights, unchanged since, so no statistics pass is made - and
-the coefficients of all filters of the group are computed at once on the concatenated statistics.
-The update is then ``g += a * W`` and ``g += b`` (no ``b`` for WN), in place, with no allocation:
-on CPU tensor by tensor, so that the second pass finds the tensor still in cache; on GPUs as two
-multi-tensor (foreach) calls, for fewer launches.
+All three are ``λ∇R = λ W - λ ε sqrt(D/n) x`` with the unit filters ``x = sqrt(n) u / ||u||``:
+plain L2 decay minus a fixed multiple of a tensor the layers' forward already computed (layer
+norm's output, see ``models/layers/filter_stats``). So the step costs the optimizer's own weight
+decay (``λ W``: torch's SGD/Adam add it, AdamW shrinks by it, in their multi-tensor kernels) plus
+one multi-tensor add per param group; with ε = 0 it is exactly plain L2 decay.
 """
 import math
-from typing import Dict, List, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from mmdet_eps.models.layers import fan_in, filter_moments, filter_norm
-from mmdet_eps.models.layers.filter_stats import (filter_center_stats, filter_raw_norm,
-                                                  flat_filters)
+from mmdet_eps.models.layers import fan_in, is_centered, scale_divisor, take_unit_filters
+from mmdet_eps.models.layers.filter_stats import unit_filters
 
 #: Param-group keys set by ``EpsShiftedOptimWrapperConstructor``; they travel in checkpoints.
 FAMILY_KEY = 'eps_shift_family'
 LAMBDA_KEY = 'eps_shift_lambda'
 EPS_KEY = 'eps_shift_eps'
 MODE_KEY = 'eps_shift_mode'
+#: 0: the paper's population std in WS's term (default); 1: the unbiased std of the authors' code.
+CORRECTION_KEY = 'eps_shift_correction'
 MODES = ('coupled', 'decoupled')
-FAMILIES = ('ws', 'wn', 'cwn')
-#: Devices where the update goes tensor by tensor (cache reuse); elsewhere foreach calls.
-PER_TENSOR_DEVICES = ('cpu', )
 
 
-def eps_shift_coefficients(weight: Tensor, family: str, eps: float,
-                           lam: float) -> Tuple[Tensor, Tensor]:
-    """Per-filter ``(a, b)`` with ``λ ∇R(W) = a * W + b`` for ``family`` in ws / wn / cwn,
-    shaped ``(C_out, 1, ..., 1)``."""
-    _check_family(family)
-    tiny = torch.finfo(weight.dtype).tiny
-    if family == 'wn':
-        ratio = eps / filter_norm(weight, centered=False).clamp_min(tiny)
-        return lam * (1 - ratio), torch.zeros_like(ratio)
-    mean, var = filter_moments(weight)
-    scale = var if family == 'ws' else var * fan_in(weight)
-    ratio = eps / scale.clamp_min(tiny).sqrt()
-    return lam * (1 - ratio), lam * ratio * mean
+def unit_coefficient(weight: Tensor, family: str, eps: float, lam: float,
+                     correction: int = 0) -> float:
+    """``λ ε sqrt(D / n)``: the multiple of the unit filters in ``λ∇R``."""
+    n = fan_in(weight)
+    return lam * eps * math.sqrt(scale_divisor(family, n, correction) / n)
 
 
-def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f'family must be one of {FAMILIES}, got {family!r}')
+def eps_shifted_grad(weight: Tensor, family: str, eps: float, lam: float,
+                     correction: int = 0) -> Tensor:
+    """λ∇R of the ε-shifted L2 term for one weight tensor, computed from its current values."""
+    unit = unit_filters(weight, is_centered(family))
+    return torch.add(weight.detach() * lam, unit,
+                     alpha=-unit_coefficient(weight, family, eps, lam, correction))
 
 
-def eps_shifted_grad(weight: Tensor, family: str, eps: float, lam: float) -> Tensor:
-    """λ∇R of the ε-shifted L2 term for one weight tensor."""
-    a, b = eps_shift_coefficients(weight, family, eps, lam)
-    return torch.addcmul(b, weight, a)
-
-
-def group_coefficients(weights: List[Tensor], family: str, eps: float,
-                       lam: float) -> Tuple[List[Tensor], List[Tensor]]:
-    """``(a, b)`` of :func:`eps_shift_coefficients` for many tensors, each ``(C_out, 1)``
-    (``b`` empty for WN), computed with a handful of ops on the concatenated statistics."""
-    _check_family(family)
-    if not weights:
-        return [], []
-    counts = [w.shape[0] for w in weights]
-    if family == 'wn':
-        scale = torch.cat([filter_raw_norm(w) for w in weights])
+def _add_scaled(targets: List[Tensor], sources: List[Tensor], scales: List[float],
+                foreach: bool) -> None:
+    """``targets[i] += scales[i] * sources[i]``."""
+    if not foreach:
+        for target, source, scale in zip(targets, sources, scales):
+            target.add_(source, alpha=scale)
+    elif all(scale == scales[0] for scale in scales):
+        torch._foreach_add_(targets, sources, alpha=scales[0])
     else:
-        stats = [filter_center_stats(w) for w in weights]
-        scale = torch.cat([norm for _, norm in stats])
-        if family == 'ws':  # v = r / sqrt(n)
-            factors = {fan_in(w) for w in weights}
-            if len(factors) == 1:
-                scale = scale * (1 / math.sqrt(factors.pop()))
-            else:
-                per_filter = torch.tensor([1 / math.sqrt(fan_in(w)) for w in weights],
-                                          dtype=scale.dtype, device=scale.device)
-                scale = scale * per_filter.repeat_interleave(
-                    torch.tensor(counts, device=scale.device)).unsqueeze_(1)
-    ratio = scale.clamp_min_(torch.finfo(scale.dtype).tiny).reciprocal_().mul_(eps)
-    a = ratio.mul(-lam).add_(lam)
-    if family == 'wn':
-        return list(a.split(counts)), []
-    b = ratio.mul_(torch.cat([mean for mean, _ in stats])).mul_(lam)
-    return list(a.split(counts)), list(b.split(counts))
+        torch._foreach_add_(targets, torch._foreach_mul(sources, scales))
+
+
+def _scale(targets: List[Tensor], factor: float, foreach: bool) -> None:
+    if foreach:
+        torch._foreach_mul_(targets, factor)
+    else:
+        for target in targets:
+            target.mul_(factor)
+
+
+def _single_tensor_eps_shift(params: List[Tensor], units: List[Tensor], coefs: List[float],
+                             lam: float, decoupled: bool, lr: float, opt_decay: float) -> None:
+    _eps_shift(params, units, coefs, lam, decoupled, lr, opt_decay, foreach=False)
+
+
+def _multi_tensor_eps_shift(params: List[Tensor], units: List[Tensor], coefs: List[float],
+                            lam: float, decoupled: bool, lr: float, opt_decay: float) -> None:
+    _eps_shift(params, units, coefs, lam, decoupled, lr, opt_decay, foreach=True)
+
+
+def _eps_shift(params: List[Tensor], units: List[Tensor], coefs: List[float], lam: float,
+               decoupled: bool, lr: float, opt_decay: float, foreach: bool) -> None:
+    """Apply ``λ∇R = λ W - c x`` (``c`` per tensor in ``coefs``, ``x`` the unit filters).
+
+    ``opt_decay`` is the weight decay the optimizer itself applies to these params in the same
+    form (it equals λ when the constructor delegated ``λ W`` to it, else 0: then ``λ W`` is
+    applied here).
+    """
+    own = 0. if opt_decay else lam
+    if not decoupled:  # g += λ W - c x
+        grads = [p.grad for p in params]
+        if own:
+            _add_scaled(grads, params, [own] * len(params), foreach)
+        _add_scaled(grads, units, [-c for c in coefs], foreach)
+        return
+    # W -= lr (λ W - c x); when the optimizer shrinks W by (1 - lr λ) after this hook,
+    # pre-divide the added part so the result is exact.
+    if own:
+        _scale(params, 1 - lr * own, foreach)
+    after = 1 - lr * opt_decay
+    _add_scaled(params, units, [lr * c / after for c in coefs], foreach)
+
+
+def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: str, lr: float,
+              opt_decay: float = 0., correction: int = 0,
+              foreach: Optional[bool] = None) -> None:
+    """The ε-shifted update of one param group's normalized weights (those with a gradient).
+
+    Args:
+        params (list[Tensor]): Normalized conv weights of one family.
+        family (str): ``'ws'``, ``'wn'`` or ``'cwn'``.
+        eps (float): ε, the scale the term pulls each filter to.
+        lam (float): λ.
+        mode (str): ``'coupled'`` (added to the gradient, before momentum / moment estimates)
+            or ``'decoupled'`` (applied to the weight, as AdamW decays).
+        lr (float): Learning rate (decoupled mode).
+        opt_decay (float): Weight decay that the optimizer applies itself, in the form of
+            ``mode``. Defaults to 0.
+        correction (int): WS's std in the term: 0 population (paper), 1 unbiased (authors'
+            code). Defaults to 0.
+        foreach (bool, optional): Multi-tensor kernels (fewer launches) or a loop over tensors.
+            Defaults to None: multi-tensor unless the weights are on the CPU, as torch's
+            optimizers choose.
+    """
+    if not params:
+        return
+    if foreach is None:
+        foreach = params[0].device.type != 'cpu'
+    centered = is_centered(family)
+    units = [take_unit_filters(p, centered) for p in params]
+    coefs = [unit_coefficient(p, family, eps, lam, correction) for p in params]
+    impl = _multi_tensor_eps_shift if foreach else _single_tensor_eps_shift
+    impl(params, units, coefs, lam, mode == 'decoupled', lr, opt_decay)
 
 
 @torch.no_grad()
 def apply_eps_shift(optimizer: Optimizer, *_) -> None:
-    """Step pre-hook: add λ∇R to the gradients (coupled) or subtract lr·λ∇R from the weights
-    (decoupled, as AdamW decays) of every param group tagged with ``FAMILY_KEY``.
+    """Step pre-hook: apply the ε-shifted term to every param group tagged with ``FAMILY_KEY``.
 
     Runs inside ``optimizer.step()``: after gradient clipping and AMP unscaling, and not at all on
-    a step that AMP skips for overflow.
+    a step that AMP skips for overflow. A group's own ``foreach`` flag, when set, chooses the
+    implementation.
     """
     for group in optimizer.param_groups:
         family = group.get(FAMILY_KEY)
         if family is None:
             continue
-        by_kind: Dict[tuple, List[Tensor]] = {}
-        for p in group['params']:
-            if p.grad is not None:
-                by_kind.setdefault((p.device, p.dtype), []).append(p)
-        for params in by_kind.values():
-            _apply(params, family, group[EPS_KEY], group[LAMBDA_KEY], group[MODE_KEY],
-                   group['lr'])
-
-
-def _apply(params: List[Tensor], family: str, eps: float, lam: float, mode: str,
-           lr: float) -> None:
-    """The update of one group's tensors of one device and dtype."""
-    a, b = group_coefficients(params, family, eps, lam)
-    if mode == 'coupled':  # g += a * W + b
-        targets = [_flat_view(p.grad) for p in params]
-        scale, shift = a, b
-        sources = [flat_filters(p) for p in params]
-    else:  # W -= lr (a * W + b), i.e. W = W * (1 - lr a) - lr b
-        targets = [_flat_view(p) for p in params]
-        scale = list(torch.cat(a).mul_(-lr).add_(1).split([t.shape[0] for t in a]))
-        shift = list(torch.cat(b).mul_(-lr).split([t.shape[0] for t in b])) if b else []
-        sources = None
-    if params[0].device.type in PER_TENSOR_DEVICES:
-        # tensor by tensor: the second pass finds the tensor still in cache
-        for i, target in enumerate(targets):
-            if sources is None:
-                target.mul_(scale[i])
-            else:
-                target.addcmul_(sources[i], scale[i])
-            if shift:
-                target.add_(shift[i])
-    else:  # few launches matter more than cache reuse
-        if sources is None:
-            torch._foreach_mul_(targets, scale)
-        else:
-            torch._foreach_addcmul_(targets, sources, scale)
-        if shift:
-            torch._foreach_add_(targets, shift)
-    _write_back(targets, [p.grad for p in params] if mode == 'coupled' else params)
-
-
-def _flat_view(t: Tensor) -> Tensor:
-    """``t`` as ``(C_out, n)``: a view when contiguous, else a copy written back later."""
-    return t.view(t.shape[0], -1) if t.is_contiguous() else t.reshape(t.shape[0], -1)
-
-
-def _write_back(flat: List[Tensor], tensors: List[Tensor]) -> None:
-    """Copy results computed on copies (non-contiguous tensors) back into the tensors."""
-    for f, t in zip(flat, tensors):
-        if f.data_ptr() != t.data_ptr():
-            t.copy_(f.view(t.shape))
+        params = [p for p in group['params'] if p.grad is not None]
+        eps_shift(params, family, group[EPS_KEY], group[LAMBDA_KEY], group[MODE_KEY],
+                  group['lr'], group.get('weight_decay', 0.), group.get(CORRECTION_KEY, 0),
+                  group.get('foreach'))

@@ -1,81 +1,187 @@
-"""One autograd Function for the whole weight-normalization family.
+"""Normalize the filters of one or many conv weights, several filter shapes in one autograd node.
 
-Per output filter with n elements, ``u = W - m`` (centered) or ``u = W`` (WN),
-``s = ||u|| / sqrt(D)`` and ``W' = u / (s + eps)``:
+Per output filter with ``n`` elements, ``u = W - m`` (centered) or ``u = W``, scale
+``s = ||u|| / sqrt(D)`` and ``W' = u / (s + eps)`` (``D`` and centering per family: see
+``norm_family``). Weights with the same filter shape are concatenated along the output dim and
+normalized together, so a whole group of convs costs the same few kernels as one conv, forward
+and backward: on a GPU at small batch the cost of weight standardization is the number of ops
+dispatched, not arithmetic.
 
-- WS (mmcv ``ConvWS2d``): centered, ``D = n - 1`` (unbiased std; ``D = n`` for the population std)
-- CWN: centered, ``D = 1`` (``s = ||W - m||``)
-- WN: not centered, ``D = 1`` (``s = ||W||``)
+Centered filters use layer norm over the filter, which yields the mean, ``rstd = 1/sqrt(v²)``
+(population variance; plus float's smallest normal number when ``eps > 0``, so that a constant
+filter stays finite) and the unit filters ``x = (W - m) rstd`` in one kernel; then
+``W' = x / (c + eps rstd)`` with ``c = sqrt(n / D)``. The backward is group norm's backward with
+one group per filter and per-filter weight ``f = 1 / (c + eps rstd)`` (one kernel, which also
+returns ``<g, x>`` per filter), plus the term for ``f``'s own dependence on ``rstd``::
 
-Autograd of that expression records about ten kernels per conv and keeps their intermediates
-(and ``torch.var_mean`` is slow on CPU). Here the forward is :func:`centered_filters` (mean,
-centered copy, norm) scaled in place, and the backward is one fused kernel. The gradient is::
+    dL/dW = GN_backward(g; weight f) + eps t² <g, x> / n * x,   t = rstd f = 1 / (s + eps)
 
-    dL/dW = (g - [mean(g)]) / (s + eps) - W' * <g, W'> / (D s)
-
-(the bracket only when centered). For centered filters this is exactly the training-mode batch
-norm backward of ``W`` viewed as ``(1, C_out, n)`` with saved mean ``m``, saved inverse std
-``rho = sqrt(n / (D s (s + eps)))`` and per-channel weight ``gamma = rho s D / n``
-(``= 1 / ((s + eps) rho)``), so that kernel (one reduction pass and one output pass per filter,
-on CPU and CUDA) computes it. The results equal the plain expression to float rounding
-(tests/models/test_filter_normalize.py).
+One autograd node serves a whole *batch*: several lists of weights, one list per filter shape
+(a WS-ResNet stage has four), so Python's per-node cost is paid once per stage. Without autograd
+(eval, frozen weights) the same arithmetic runs without a node. The results equal the textbook
+expression to float rounding (tests/models/test_filter_normalize.py). Not twice differentiable.
 """
 import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .filter_stats import centered_filters, fan_in, flat_filters, raw_filter_norm
+from .filter_stats import fan_in, filter_dims
+
+#: Dtypes normalized in float32 (their outputs are cast back).
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
+class FilterNorm(NamedTuple):
+    """How the filters of one filter shape are normalized; built once per group or layer.
+
+    ``shift`` is the constant of the denominator, ``sqrt(n / D)`` (centered) or ``eps``, as a
+    0-dim CPU tensor: usable with weights on any device, and one op instead of two.
+    """
+    centered: bool
+    divisor: float
+    eps: float
+    shift: Tensor
+
+    @classmethod
+    def build(cls, n: int, eps: float, centered: bool = True, divisor: float = 1.) -> 'FilterNorm':
+        if not divisor > 0:
+            raise ValueError(f'divisor must be > 0, got {divisor}')
+        value = math.sqrt(n / divisor) if centered else eps
+        return cls(bool(centered), float(divisor), float(eps),
+                   torch.tensor(value, dtype=torch.float64))
+
+
+def _forward(spec: FilterNorm, weights: Sequence[Tensor]) -> Tuple[Tensor, Tensor, tuple]:
+    """``(normalized, unit filters, tensors the backward needs)`` of one filter shape."""
+    x = torch.cat(weights) if len(weights) > 1 else weights[0].contiguous()
+    if x.dtype in _UPCAST:
+        x = x.float()
+    eps = spec.eps
+    if spec.centered:
+        # eps = 0 is the exact formula, which overflows like it (a zero std gives inf);
+        # otherwise the smallest normal float keeps rstd finite for a constant filter
+        inner = torch.finfo(x.dtype).tiny if eps else 0.
+        unit, mean, rstd = torch.native_layer_norm(x, x.shape[1:], None, None, inner)
+        denom = torch.add(spec.shift, rstd, alpha=eps)
+        return unit.div(denom), unit, (x, mean, rstd, denom, unit)
+    norm = torch.linalg.vector_norm(x, dim=filter_dims(x), keepdim=True)
+    denom = torch.add(spec.shift, norm, alpha=1 / math.sqrt(spec.divisor))
+    out = x.div(denom)
+    inv_norm = norm.clamp_min_(torch.finfo(x.dtype).tiny).reciprocal_()
+    return out, x * inv_norm.mul(math.sqrt(fan_in(x))), (x, inv_norm, denom)
+
+
+def _backward(spec: FilterNorm, saved: Sequence[Tensor], grad: Tensor) -> Tensor:
+    """The gradient of the concatenated weights of one filter shape."""
+    grad = (grad.float() if grad.dtype in _UPCAST else grad).contiguous()
+    if spec.centered:
+        x, mean, rstd, denom, unit = saved
+        f = denom.reciprocal()
+        c_out = x.shape[0]
+        grad_x, dot, _ = torch.ops.aten.native_group_norm_backward(
+            grad, x, mean, rstd, f, 1, c_out, fan_in(x), c_out, [True, spec.eps != 0, False])
+        if spec.eps:
+            t2 = rstd.mul(f).square_()
+            grad_x.addcmul_(unit, t2.mul_(dot), value=spec.eps / fan_in(x))
+        return grad_x
+    x, inv_norm, denom = saved
+    t = denom.reciprocal()
+    dot = grad.mul(x).sum(filter_dims(x), keepdim=True)
+    grad_x = grad * t
+    return grad_x.addcmul_(x, t.square_().mul_(dot).mul_(inv_norm),
+                           value=-1 / math.sqrt(spec.divisor))
 
 
 class _NormalizeFilters(torch.autograd.Function):
+    """Inputs: the specs (one per filter shape), the number of weights of each, the weights.
+    Outputs: the normalized weights of each shape (concatenated), then their unit filters."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, eps: float, centered: bool, divisor: float) -> Tensor:
-        flat = flat_filters(weight)
-        if centered:  # the statistics are remembered for the optimizer step: no in-place ops
-            out, mean, norm = centered_filters(weight)
-        else:
-            out, mean, norm = flat, None, raw_filter_norm(weight)
-        scale = norm * (1 / math.sqrt(divisor)) if divisor != 1 else norm
-        inv = (scale + eps).reciprocal_()
-        out = out.mul_(inv) if centered else flat * inv
-        ctx.centered, ctx.divisor, ctx.eps = centered, divisor, eps
-        ctx.save_for_backward(weight if centered else out, mean, scale, inv)
-        return out.view(weight.shape)
+    def forward(ctx, specs: Tuple[FilterNorm, ...], counts: Tuple[int, ...],
+                *weights: Tensor) -> Tuple[Tensor, ...]:
+        outs, units, saved, start = [], [], [], 0
+        for spec, count in zip(specs, counts):
+            members = weights[start:start + count]
+            start += count
+            out, unit, tensors = _forward(spec, members)
+            outs.append(out if out.dtype == members[0].dtype else out.to(members[0].dtype))
+            units.append(unit)
+            saved.extend(tensors)
+        ctx.save_for_backward(*saved)
+        ctx.specs, ctx.counts = specs, counts
+        ctx.sizes = [w.shape[0] for w in weights]
+        ctx.dtypes = [w.dtype for w in weights]
+        ctx.mark_non_differentiable(*units)
+        ctx.set_materialize_grads(False)  # no zeros for the unit filters' (absent) gradients
+        return (*outs, *units)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
-        saved, mean, scale, inv = ctx.saved_tensors
-        if ctx.centered:
-            weight = saved
-            n_over_d = fan_in(weight) / ctx.divisor
-            rho = scale.div(inv).mul_(1 / n_over_d).rsqrt_()
-            gamma = rho.mul(scale).mul_(1 / n_over_d)
-            shape = (1, weight.shape[0], -1)
-            grad_w = torch.ops.aten.native_batch_norm_backward(
-                grad.reshape(shape), weight.reshape(shape), gamma.view(-1), None, None,
-                mean.view(-1), rho.view(-1), True, 0., [True, False, False])[0]
-            return grad_w.view(grad.shape), None, None, None
-        out = saved
-        g = grad.reshape(out.shape)
-        k = torch.linalg.vecdot(g, out, dim=1).unsqueeze_(1).div_(scale * -ctx.divisor)
-        grad_w = (out * k).addcmul_(g, inv)
-        return grad_w.view(grad.shape), None, None, None
+    def backward(ctx, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+        saved, result, at, start = ctx.saved_tensors, [None, None], 0, 0
+        for spec, count, grad in zip(ctx.specs, ctx.counts, grads):
+            n_saved = 5 if spec.centered else 3
+            sizes = ctx.sizes[start:start + count]
+            if grad is None:
+                result += [None] * count
+            else:
+                grad_x = _backward(spec, saved[at:at + n_saved], grad)
+                dtype = ctx.dtypes[start]
+                grad_x = grad_x if grad_x.dtype == dtype else grad_x.to(dtype)
+                result += [grad_x] if count == 1 else grad_x.split_with_sizes(sizes)
+            at += n_saved
+            start += count
+        return tuple(result)
+
+
+def normalize_batch(specs: Sequence[FilterNorm],
+                    weights: Sequence[Sequence[Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+    """Normalize lists of weights, one list per filter shape (``specs[i]`` for ``weights[i]``),
+    in one autograd node (none when no weight needs a gradient).
+
+    Returns:
+        tuple[list[Tensor], list[Tensor]]: Per list, its normalized weights concatenated along
+        the output dim, and their unit filters ``sqrt(n) u / ||u||``, also concatenated.
+    """
+    flat = [w for group in weights for w in group]
+    if torch.is_grad_enabled() and any(w.requires_grad for w in flat):
+        results = _NormalizeFilters.apply(tuple(specs), tuple(len(g) for g in weights), *flat)
+        return list(results[:len(specs)]), list(results[len(specs):])
+    outs, units = [], []
+    for spec, group in zip(specs, weights):
+        out, unit, _ = _forward(spec, group)
+        outs.append(out if out.dtype == group[0].dtype else out.to(group[0].dtype))
+        units.append(unit)
+    return outs, units
+
+
+def normalize_filter_batch(weights: Sequence[Tensor], eps: float, centered: bool = True,
+                           divisor: float = 1.) -> Tuple[List[Tensor], Tensor]:
+    """Normalize weights of one filter shape together.
+
+    Args:
+        weights (Sequence[Tensor]): Conv weights whose dims after the first agree.
+        eps (float): Added to the per-filter scale.
+        centered (bool): Subtract the filter mean (WS, CWN) or not (WN). Defaults to True.
+        divisor (float): ``D`` of the scale ``||u|| / sqrt(D)``. Defaults to 1.
+
+    Returns:
+        tuple[list[Tensor], Tensor]: The normalized weights (views of one tensor, in the order
+        given) and the unit filters ``sqrt(n) u / ||u||`` of all of them, concatenated.
+    """
+    spec = FilterNorm.build(fan_in(weights[0]), eps, centered, divisor)
+    (out, ), (unit, ) = normalize_batch([spec], [weights])
+    return list(out.split_with_sizes([w.shape[0] for w in weights])), unit
 
 
 def normalize_filters(weight: Tensor, eps: float, centered: bool = True,
                       divisor: float = 1.) -> Tensor:
-    """``(W - m) / (||W - m|| / sqrt(divisor) + eps)`` (or ``W / (||W|| / sqrt(divisor) + eps)``
-    when not ``centered``) per output filter, with a fused backward.
-
-    Not twice differentiable (no gradient of a gradient through the normalization).
-    """
-    if not divisor > 0:
-        raise ValueError(f'divisor must be > 0, got {divisor}')
-    return _NormalizeFilters.apply(weight, float(eps), bool(centered), float(divisor))
+    """``u / (||u|| / sqrt(divisor) + eps)`` per output filter of one weight, ``u = W - m``
+    (``centered``) or ``W``."""
+    return normalize_filter_batch([weight], eps, centered, divisor)[0][0]
 
 
 def standardize_filters(weight: Tensor, eps: float, correction: int = 1) -> Tensor:

@@ -1,34 +1,47 @@
 """Base class of the weight-normalization family of conv layers."""
 import warnings
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .filter_stats import fan_in
+from .filter_normalize import FilterNorm, normalize_batch
+from .filter_stats import fan_in, record_unit_filters
+from .norm_family import is_centered, scale_divisor
+
+if TYPE_CHECKING:
+    from .filter_group import FilterGroup
 
 #: Filters with fewer elements than this give noisy statistics (paper Sec. 6.7, Table IX).
 MIN_FAN_IN = 16
 
 
 class NormalizedConv2d(nn.Conv2d):
-    """A ``Conv2d`` that convolves with ``normalize(weight)`` instead of ``weight``.
+    """A ``Conv2d`` that convolves with its weight normalized per output filter.
 
-    Subclasses set ``norm_family`` (see ``norm_family.NORM_FAMILIES``) and implement
-    :meth:`normalize`. In eval mode under ``torch.no_grad`` the normalized weight is cached
-    until the weight changes, so inference costs the same as a plain conv.
+    Subclasses set ``norm_family`` (see ``norm_family.NORM_FAMILIES``). Alone, a layer normalizes
+    its own weight in every forward. As a member of a :class:`~.filter_group.FilterGroup` (a
+    WS-ResNet stage groups its convs), it takes its normalized weight from the group while the
+    group holds one (for one forward of the group's region). Nothing is cached across calls: the
+    weight is read afresh every forward, so every write to it is seen.
+
+    Args:
+        eps (float): Added to the per-filter scale (std for WS, norm for WN/CWN).
+            Defaults to 1e-5.
+        *args, **kwargs: As ``nn.Conv2d``.
     """
 
     norm_family: str = ''
-    #: Whether ``normalize`` subtracts the filter mean (its output is undefined for n = 1).
-    centered: bool = True
 
     def __init__(self, *args, eps: float = 1e-5, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if eps < 0:
+        if not eps >= 0:
             raise ValueError(f'{type(self).__name__}: eps must be >= 0, got {eps}')
-        self.eps = eps
-        self._cache: Optional[Tuple[tuple, Tensor]] = None
+        self.eps = float(eps)
+        #: The group this layer belongs to and its index there (set by the group).
+        self.filter_group: Optional['FilterGroup'] = None
+        self.group_index = 0
+        self._spec: Optional[FilterNorm] = None
         n = fan_in(self.weight)
         if self.centered and n < 2:
             raise ValueError(f'{type(self).__name__} needs at least 2 elements per filter to '
@@ -40,27 +53,50 @@ class NormalizedConv2d(nn.Conv2d):
                 'normalization of depthwise / tiny-fan-in convs harmful (Sec. 6.7); '
                 'consider a plain conv here.', stacklevel=2)
 
+    @property
+    def centered(self) -> bool:
+        """Whether the filter mean is subtracted."""
+        return is_centered(self.norm_family)
+
+    @property
+    def divisor(self) -> int:
+        """``D`` of the scale ``||u|| / sqrt(D)`` this layer divides by (before ``eps``)."""
+        return scale_divisor(self.norm_family, fan_in(self.weight))
+
+    @property
+    def groupable(self) -> bool:
+        """Whether the plain normalized weight is all this layer convolves with, so that it can
+        be normalized together with others."""
+        return True
+
+    def filter_norm(self) -> FilterNorm:
+        """This layer's normalization settings, rebuilt only when they change."""
+        spec = self._spec
+        divisor = self.divisor
+        if spec is None or spec.eps != self.eps or spec.divisor != divisor:
+            spec = self._spec = FilterNorm.build(fan_in(self.weight), self.eps, self.centered,
+                                                 divisor)
+        return spec
+
+    def group_key(self) -> tuple:
+        """Layers normalized together must agree on this."""
+        return (self.filter_norm()[:3], tuple(self.weight.shape[1:]))
+
     def normalize(self, weight: Tensor) -> Tensor:
-        """The normalized weight that the convolution uses."""
-        raise NotImplementedError
+        """``weight`` normalized per filter: what this layer convolves with."""
+        return normalize_batch([self.filter_norm()], [[weight]])[0][0]
 
     def normalized_weight(self) -> Tensor:
-        """``normalize(weight)``, cached while the module is frozen for inference.
-
-        The cache is keyed by the weight's version counter (bumped by every in-place write:
-        optimizer steps, ``load_state_dict``) and data pointer (a new tensor: ``.to()``,
-        ``.half()``); the check costs two attribute reads, so eval costs what a plain conv does.
-        """
-        w = self.weight
-        if self.training or torch.is_grad_enabled():
-            if self._cache is not None:
-                self._cache = None
-            return self.normalize(w)
-        key = (w._version, w.data_ptr())
-        cache = self._cache
-        if cache is None or cache[0] != key:
-            cache = self._cache = (key, self.normalize(w))
-        return cache[1]
+        """This layer's normalized weight: its group's while the group holds one, else computed
+        now (recording the unit filters for the ε-shifted step when the weight trains)."""
+        group = self.filter_group
+        if group is not None and group.weights is not None:
+            return group.weights[self.group_index]
+        weight = self.weight
+        (out, ), (unit, ) = normalize_batch([self.filter_norm()], [[weight]])
+        if weight.requires_grad and torch.is_grad_enabled():
+            record_unit_filters(weight, unit)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)

@@ -2,10 +2,9 @@
 from typing import Optional
 
 import torch
-from mmdet.registry import MODELS
+from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from .filter_normalize import normalize_filters
 from .normalized_conv import NormalizedConv2d
 
 
@@ -13,31 +12,44 @@ from .normalized_conv import NormalizedConv2d
 class WNConv(NormalizedConv2d):
     """Conv2d with each output filter scaled to unit norm, ``W / (||W|| + eps)``.
 
-    With ``gain=True`` a learnable per-filter scale (initialised to 1) multiplies the result, as in
-    Salimans & Kingma's weight normalization.
+    Args:
+        eps (float): Added to the norm. Defaults to 1e-5.
+        gain (bool): Multiply by a learnable per-filter scale initialised to 1, as in Salimans
+            & Kingma's weight normalization. Defaults to False.
+        *args, **kwargs: As ``nn.Conv2d``.
     """
 
     norm_family = 'wn'
-    centered = False
 
     def __init__(self, *args, eps: float = 1e-5, gain: bool = False, **kwargs) -> None:
         super().__init__(*args, eps=eps, **kwargs)
         self.gain: Optional[nn.Parameter] = (
             nn.Parameter(torch.ones(self.out_channels)) if gain else None)
 
+    @property
+    def groupable(self) -> bool:
+        return self.gain is None
+
+    def _scaled(self, out: Tensor) -> Tensor:
+        if self.gain is None:
+            return out
+        return out * self.gain.view(-1, *(1, ) * (out.dim() - 1))
+
     def normalize(self, weight: Tensor) -> Tensor:
-        out = normalize_filters(weight, self.eps, centered=False)
-        if self.gain is not None:
-            out = out * self.gain.view(-1, *(1, ) * (weight.dim() - 1))
-        return out
+        return self._scaled(super().normalize(weight))
+
+    def normalized_weight(self) -> Tensor:
+        return self._scaled(super().normalized_weight())
 
 
 @MODELS.register_module()
 class CWNConv(NormalizedConv2d):
     """Conv2d with each output filter centered and scaled to unit norm,
-    ``(W - m) / (||W - m|| + eps)``."""
+    ``(W - m) / (||W - m|| + eps)``.
+
+    Args:
+        eps (float): Added to the norm. Defaults to 1e-5.
+        *args, **kwargs: As ``nn.Conv2d``.
+    """
 
     norm_family = 'cwn'
-
-    def normalize(self, weight: Tensor) -> Tensor:
-        return normalize_filters(weight, self.eps, centered=True)

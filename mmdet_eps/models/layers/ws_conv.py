@@ -1,8 +1,8 @@
 """Weight-standardized convolution (Qiao et al.), the layer the paper regularizes."""
-from mmdet.registry import MODELS
-from torch import Tensor
+from mmengine.registry import MODELS
 
-from .filter_normalize import standardize_filters
+from .filter_stats import fan_in
+from .norm_family import scale_divisor
 from .normalized_conv import NormalizedConv2d
 
 
@@ -10,19 +10,25 @@ from .normalized_conv import NormalizedConv2d
 class WSConv(NormalizedConv2d):
     """Conv2d with each output filter standardized to ``(W - m) / (std + eps)``.
 
-    The defaults (unbiased std, ``eps=1e-5`` added to the std) equal mmcv's ``ConvWS2d``, so the
-    authors' ImageNet WS-ResNets and mmdet's GN+WS checkpoints keep their function;
-    ``unbiased=False`` gives the paper's population-std form.
+    The defaults equal mmcv's ``ConvWS2d``, so the authors' ImageNet WS-ResNets and mmdet's GN+WS
+    checkpoints keep their function.
+
+    Args:
+        eps (float): Added to the std. Defaults to 1e-5.
+        unbiased (bool): Unbiased std (divisor n - 1, mmcv and the authors' code) or the
+            population std of the paper (divisor n). Defaults to True.
+        *args, **kwargs: As ``nn.Conv2d``.
     """
 
     norm_family = 'ws'
 
     def __init__(self, *args, eps: float = 1e-5, unbiased: bool = True, **kwargs) -> None:
-        self.unbiased = unbiased
+        self.unbiased = bool(unbiased)
         super().__init__(*args, eps=eps, **kwargs)
 
-    def normalize(self, weight: Tensor) -> Tensor:
-        return standardize_filters(weight, self.eps, correction=int(self.unbiased))
+    @property
+    def divisor(self) -> int:
+        return scale_divisor('ws', fan_in(self.weight), int(self.unbiased))
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, unbiased={self.unbiased}'

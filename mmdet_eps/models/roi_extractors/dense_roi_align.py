@@ -5,7 +5,7 @@ Bilinear sampling and the average over a bin's samples are separable, so for RoI
 ``(out_h, H)`` and ``Ax`` ``(out_w, W)``. Built with mmcv's sampling rules (sample positions,
 adaptive ``sampling_ratio=0``, ``aligned``, border clamping, zero outside ``[-1, size]``), the
 result equals ``mmcv.ops.RoIAlign`` to float rounding, and forward and backward are a few matrix
-multiplications instead of mmcv's scalar CPU loops: 3.4-5x faster on the toy set's maps (B7).
+multiplications instead of mmcv's scalar CPU loops (timed by benchmark B7, docs/benchmarks.md).
 The products cost ``O(R · out · H · W · C)``, so on large maps (more than ``max_dense_area``
 cells, e.g. COCO's P2), for max pooling and with ``use_torchvision`` the layer calls mmcv's op.
 mmdet only looks RoI layers up in ``mmcv.ops``: select it through ``RegistryRoIExtractor``.
@@ -83,8 +83,22 @@ def dense_roi_align(feats: Tensor, rois: Tensor, output_size: Tuple[int, int],
 @MODELS.register_module()
 class DenseRoIAlign(RoIAlign):
     """``mmcv.ops.RoIAlign`` (same arguments and results) that pools small feature maps with
-    :func:`dense_roi_align`; maps larger than ``max_dense_area`` cells, and ``pool_mode='max'``,
-    go to mmcv's op."""
+    :func:`dense_roi_align`; maps larger than ``max_dense_area`` cells, ``pool_mode='max'`` and
+    ``use_torchvision`` go to mmcv's op.
+
+    Args:
+        output_size (int | tuple[int, int]): ``(h, w)`` of the pooled features.
+        spatial_scale (float): Scale from image to feature-map coordinates. Defaults to 1.0.
+        sampling_ratio (int): Samples per bin along each axis; 0 adapts it to the RoI size.
+            Defaults to 0.
+        pool_mode (str): ``'avg'`` or ``'max'`` (the latter always by mmcv's op).
+            Defaults to ``'avg'``.
+        aligned (bool): Shift box coordinates by -0.5 pixel, as mmdet's configs do.
+            Defaults to True.
+        use_torchvision (bool): Pool with torchvision's op (through mmcv). Defaults to False.
+        max_dense_area (int): Largest ``H * W`` pooled densely; the dense products cost
+            ``O(R * out * H * W * C)``, so larger maps go to mmcv's op. Defaults to 4096 (64x64).
+    """
 
     def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float = 1.0,
                  sampling_ratio: int = 0, pool_mode: str = 'avg', aligned: bool = True,

@@ -12,7 +12,16 @@ from torch import nn
 class RegistryRoIExtractor(SingleRoIExtractor):
     """``SingleRoIExtractor`` whose ``roi_layer.type`` may also name a layer registered in mmdet's
     MODELS (such as ``DenseRoIAlign``); mmdet itself only looks names up in ``mmcv.ops``, which
-    keep their meaning here."""
+    keep their meaning here.
+
+    Args:
+        roi_layer (dict): Config of the RoI layer: ``type`` names an ``mmcv.ops`` layer or one
+            registered in mmdet's MODELS; the other keys are its arguments.
+        out_channels (int): Channels of the input feature maps.
+        featmap_strides (list[int]): Strides of the input feature maps.
+        finest_scale (int): Scale threshold of the mapping to levels. Defaults to 56.
+        init_cfg (dict or list[dict], optional): Initialization config. Defaults to None.
+    """
 
     def build_roi_layers(self, layer_cfg: ConfigType,
                          featmap_strides: List[int]) -> nn.ModuleList:

@@ -1,0 +1,156 @@
+"""B8: the launch-bound regime - ops dispatched and time of a thin ResNet-50 training iteration.
+
+On a GPU at 2 images per card, weight standardization costs what it dispatches, not what it
+computes. A *thin* ResNet-50 (``base_channels=4``, batch 2, 32x32, one thread) does almost no
+arithmetic, so on a CPU its time is per-op overhead too: the regime is reproduced here. One
+iteration = forward + backward + SGD step (momentum 0.9, weight decay 1e-4, ``foreach=True`` for
+every candidate so that the CPU dispatches what a GPU would), in train mode. Candidates, same
+initial weights:
+
+- ``plain`` (baseline): mmdet's ResNet-50, mmengine's default constructor.
+- ``ws``: ``WSResNet`` (grouped per stage, the default), default constructor (plain decay).
+- ``ws_eps``: ``WSResNet`` + ``EpsShiftedOptimWrapperConstructor`` - the goal's candidate.
+- ``ws_eps_backbone``: the same with ``group_by='backbone'`` (fewest groups, no DDP overlap).
+- ``ws_eps_per_conv``: the same with ``group_by=None`` (every conv alone, as before grouping).
+- ``mmcv_convws``: mmdet's ResNet with mmcv's ``ConvWS2d``, default constructor.
+
+Each is run with ``frozen_stages`` -1 and 1 (mmdet's setting). Reported: aten ops per iteration
+(a ``TorchDispatchMode`` counter, deterministic) and the paired time ratio.
+
+    python benchmarks/b8_launch_bound.py [--quick] [--device cuda] [--size 32] [--width 4]
+"""
+import os.path as osp
+import sys
+
+import torch
+from torch import nn
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import (Report, interleaved, parse_args, parse_size, rounds_for, setup_env,  # noqa
+                     warmup_for)
+from _torch_only import MMCVStyleConvWS2d, TorchResNet, load_package, quiet_warnings  # noqa
+
+SGD = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4, foreach=True)
+EPS = 1e-3
+LABELS = {
+    'plain': 'ResNet-50, plain convs + SGD',
+    'ws': 'WSResNet-50 (grouped per stage) + SGD',
+    'ws_eps': 'WSResNet-50 + ε-shifted SGD (constructor)',
+    'ws_eps_backbone': "  same, group_by='backbone'",
+    'ws_eps_per_conv': '  same, group_by=None (per conv)',
+    'mmcv_convws': 'mmcv ConvWS2d + SGD',
+}
+
+
+def build(name: str, pkg, depth: int, width: int, frozen: int) -> nn.Module:
+    """The backbone of candidate ``name``."""
+    group_by = {'ws_eps_backbone': 'backbone', 'ws_eps_per_conv': None}.get(name, 'stage')
+    if pkg.torch_only:
+        conv = {'plain': nn.Conv2d, 'mmcv_convws': MMCVStyleConvWS2d}.get(name, pkg.WSConv)
+        model = TorchResNet(depth, conv, width)
+        regions = {'stage': [model.layer1, model.layer2, model.layer3, model.layer4],
+                   'backbone': [model], None: []}[group_by]
+        model.filter_groups = pkg.group_normalized_convs(regions)
+        if frozen >= 0:  # as mmdet's ResNet._freeze_stages: the stem, then stages 1..frozen
+            stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+            for module in [model.conv1, model.bn1] + stages[:frozen]:
+                module.eval().requires_grad_(False)
+        return model
+    from mmdet.registry import MODELS
+    common = dict(depth=depth, base_channels=width, norm_eval=False, frozen_stages=frozen)
+    if name == 'plain':
+        return MODELS.build(dict(type='ResNet', **common))
+    if name == 'mmcv_convws':
+        return MODELS.build(dict(type='ResNet', conv_cfg=dict(type='ConvWS'), **common))
+    return MODELS.build(dict(type='WSResNet', group_by=group_by, **common))
+
+
+def optimizer(name: str, model: nn.Module, pkg) -> torch.optim.Optimizer:
+    eps = name.startswith('ws_eps')
+    if pkg.torch_only:
+        params = [p for p in model.parameters() if p.requires_grad]
+        kwargs = {k: v for k, v in SGD.items() if k != 'type'}
+        if not eps:
+            return torch.optim.SGD(params, **kwargs)
+        reg = pkg.regularizer
+        ws = [m.weight for m in model.modules()
+              if getattr(m, 'norm_family', None) and m.weight.requires_grad]
+        ids = {id(p) for p in ws}
+        rest = [p for p in params if id(p) not in ids]
+        opt = torch.optim.SGD([{'params': ws, reg.FAMILY_KEY: 'ws', reg.LAMBDA_KEY: SGD[
+            'weight_decay'], reg.EPS_KEY: EPS, reg.MODE_KEY: 'coupled'}, {'params': rest}],
+            **kwargs)
+        opt.register_step_pre_hook(reg.apply_eps_shift)
+        return opt
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    cfg = dict(type='EpsShiftedOptimWrapperConstructor' if eps else
+               'DefaultOptimWrapperConstructor',
+               optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=SGD))
+    if eps:
+        cfg['paramwise_cfg'] = dict(eps_shift=dict(eps=EPS))
+    return OPTIM_WRAPPER_CONSTRUCTORS.build(cfg)(model).optimizer
+
+
+def iteration(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor):
+    def run():
+        sum(o.float().mean() for o in model(x)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return run
+
+
+def extra_args(parser):
+    parser.add_argument('--depth', type=int, default=50)
+    parser.add_argument('--width', type=int, default=4, help='base_channels')
+    parser.add_argument('--size', default='32', help='N or WxH')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--frozen', type=int, nargs='+', default=[-1, 1])
+    parser.set_defaults(threads=1)
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
+    env = setup_env(args)
+    quiet_warnings()
+    pkg = load_package()
+    if not pkg.torch_only:
+        from mmengine.logging import MMLogger
+        MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
+    env['torch_only'] = pkg.torch_only
+    from mmdet_eps.utils.op_count import count_ops
+    report = Report('B8', f'thin ResNet-{args.depth} iteration (launch-bound): ops and time',
+                    args, env, goal='ws_eps adds <= 200 ops and <= 1.10x at frozen_stages=-1')
+    for frozen in args.frozen:
+        torch.manual_seed(0)
+        models = {name: build(name, pkg, args.depth, args.width, frozen).to(args.device)
+                  for name in LABELS}
+        state = models['plain'].state_dict()
+        fns, ops = {}, {}
+        x = torch.randn(args.batch, 3, *parse_size(args.size), device=args.device)
+        for name, model in models.items():
+            model.load_state_dict(state)
+            model.train()
+            fns[name] = iteration(model, optimizer(name, model, pkg), x)
+            fns[name]()  # momentum buffers exist before counting
+            ops[name] = count_ops(fns[name]).total
+        timings = interleaved(fns, 'plain', rounds_for(args, 40), warmup=warmup_for(args, 5),
+                              device=args.device, inner=1 if args.quick else 5,
+                              label=f'B8 frozen_stages={frozen}')
+        for name, t in timings.items():
+            t['ops'], t['extra_ops'] = ops[name], ops[name] - ops['plain']
+        report.add(f'frozen_stages={frozen}', timings, 'plain', labels=LABELS,
+                   goal_for='ws_eps' if frozen == -1 else None, goal_max=1.10,
+                   frozen_stages=frozen)
+        report.note(f'frozen_stages={frozen}: aten ops per iteration ' + ', '.join(
+            f'{n} {o} ({o - ops["plain"]:+d})' for n, o in ops.items()))
+        if frozen == -1:
+            row = next(r for r in report.rows if r['case'] == report.rows[-1]['case']
+                       and r['name'] == 'ws_eps')
+            row['goal'] = '<= 200 extra ops, <= 1.10x'
+            row['goal_met'] &= ops['ws_eps'] - ops['plain'] <= 200
+    report.finish()
+    return report
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,131 @@
+"""Normalize the weights of many convs together: one autograd node per region of a model.
+
+A ResNet-50 has 53 WS convs but only a dozen filter shapes. :class:`FilterGroups` attaches to a
+region of a model (a backbone stage, or a whole backbone) and splits the region's normalized
+convs into :class:`FilterGroup` s, one per filter shape and kind. When the region's forward
+starts, all its groups are normalized in one call (one autograd node, a few kernels per group)
+and each group holds its members' results (``weights``), from which each member takes its own;
+when the region's forward ends, the groups drop them. So the owner of a normalized weight is its
+group, and it lives for one forward of its region: nothing carries over to the next call, and
+every write to a weight is seen.
+
+Cutting regions per stage keeps DDP's overlap: a stage's weight gradients are complete as soon as
+that stage's backward is done, while earlier stages still run theirs.
+"""
+from collections import OrderedDict
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .filter_normalize import normalize_batch
+from .filter_stats import record_unit_filters
+from .normalized_conv import NormalizedConv2d
+
+
+class FilterGroup:
+    """Normalized convs of one filter shape and kind, normalized together.
+
+    The members' settings (``eps``, std divisor) are read when the group is built.
+
+    Args:
+        convs (Sequence[NormalizedConv2d]): Members; they must agree on ``group_key()`` and
+            belong to no other group.
+    """
+
+    def __init__(self, convs: Sequence[NormalizedConv2d]) -> None:
+        if not convs:
+            raise ValueError('a FilterGroup needs at least one conv')
+        key = convs[0].group_key()
+        for index, conv in enumerate(convs):
+            if conv.group_key() != key:
+                raise ValueError(f'{conv} cannot be normalized together with {convs[0]}')
+            if conv.filter_group is not None:
+                raise ValueError(f'{conv} already belongs to a FilterGroup')
+            conv.filter_group, conv.group_index = self, index
+        self.convs: List[NormalizedConv2d] = list(convs)
+        self.spec = convs[0].filter_norm()
+        self.sizes = [conv.out_channels for conv in convs]
+        #: The members' normalized weights during one forward of the region, else None.
+        self.weights: Optional[Tuple[Tensor, ...]] = None
+
+    def params(self) -> List[Tensor]:
+        """The members' weights (read through ``_parameters``: no ``Module.__getattr__``)."""
+        return [conv._parameters['weight'] for conv in self.convs]
+
+    def hold(self, out: Tensor, unit: Tensor, params: List[Tensor]) -> None:
+        """Keep the members' normalized weights (``out``, concatenated) for this forward and
+        record the unit filters of trainable weights for the ε-shifted step."""
+        self.weights = out.split_with_sizes(self.sizes)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            for weight, u in zip(params, unit.split_with_sizes(self.sizes)):
+                if weight.requires_grad:
+                    record_unit_filters(weight, u)
+
+    def release(self) -> None:
+        """Drop the normalized weights (autograd keeps what backward needs)."""
+        self.weights = None
+
+    def dissolve(self) -> None:
+        """Let the members normalize themselves again."""
+        self.release()
+        for conv in self.convs:
+            conv.filter_group = None
+
+
+class FilterGroups:
+    """The groups of one region: normalized together at the start of the region's forward (a
+    forward pre-hook), released at its end (a forward hook).
+
+    Convs are grouped by ``group_key()`` in the order the region lists them. Convs that cannot
+    join a group (``groupable`` False, e.g. WNConv with a gain) and regions run under activation
+    checkpointing (``with_cp``: the recomputation in backward happens outside the region's
+    forward) are left to normalize themselves.
+
+    Args:
+        region (nn.Module): The module whose forward brackets the normalization.
+    """
+
+    def __init__(self, region: nn.Module) -> None:
+        by_key: 'OrderedDict[tuple, List[NormalizedConv2d]]' = OrderedDict()
+        if not any(getattr(m, 'with_cp', False) for m in region.modules()):
+            for module in region.modules():
+                if isinstance(module, NormalizedConv2d) and module.groupable:
+                    by_key.setdefault(module.group_key(), []).append(module)
+        self.groups = [FilterGroup(convs) for convs in by_key.values()]
+        self.specs = [group.spec for group in self.groups]
+        self.handles = []
+        if self.groups:
+            self.handles = [region.register_forward_pre_hook(self._normalize),
+                            region.register_forward_hook(self._release)]
+
+    def normalize(self) -> None:
+        """Normalize every group's weights in one call and hand them to the groups."""
+        params = [group.params() for group in self.groups]
+        outs, units = normalize_batch(self.specs, params)
+        for group, out, unit, members in zip(self.groups, outs, units, params):
+            group.hold(out, unit, members)
+
+    def release(self) -> None:
+        for group in self.groups:
+            group.release()
+
+    def _normalize(self, module: nn.Module, args) -> None:
+        self.normalize()
+
+    def _release(self, module: nn.Module, args, output) -> None:
+        self.release()
+
+    def remove(self) -> None:
+        """Detach from the region: its convs normalize themselves again."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        for group in self.groups:
+            group.dissolve()
+
+
+def group_normalized_convs(regions: Sequence[nn.Module]) -> List[FilterGroups]:
+    """Attach :class:`FilterGroups` to each region (those with no normalized conv get none)."""
+    attached = [FilterGroups(region) for region in regions]
+    return [groups for groups in attached if groups.groups]
