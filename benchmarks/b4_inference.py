@@ -78,7 +78,7 @@ def main(argv=None):
     quiet_warnings()
     pkg = load_package()
     env['torch_only'] = pkg.torch_only
-    report = Report('B4', 'eval inference (no_grad): WS (cached) and baked vs plain', args, env,
+    report = Report('B4', 'eval inference (no_grad): WS and baked vs plain', args, env,
                     goal='ws and baked: 1.00x within noise')
     sizes = args.sizes or ([64] if args.quick else [320, 512])
     models, n_baked = build(pkg, args.device, min(sizes))
@@ -105,7 +105,7 @@ def main(argv=None):
                               device=args.device, label=f'B4 {size}')
         report.add(f'batch {args.batch}, {size}x{size}', timings, 'plain',
                    labels={'plain': 'ResNet-50, plain convs',
-                           'ws': 'WSResNet-50, eval (cached standardized weights)',
+                           'ws': 'WSResNet-50, eval (weights standardized per forward)',
                            'baked': 'WSResNet-50 baked by tools/model_converters/bake_ws.py'},
                    batch=args.batch, size=size)
     report.finish()

@@ -1,4 +1,4 @@
-"""Evaluation: mmdet's COCO metric with an optional faster-coco-eval backend."""
+"""Evaluation: mmdet's COCO metric computed by faster-coco-eval."""
 from .fast_coco_metric import FastCocoMetric
 
 __all__ = ['FastCocoMetric']

@@ -1,19 +1,20 @@
-"""mmdet's ``CocoMetric`` with a switch to faster-coco-eval's C++ COCO evaluation.
+"""mmdet's ``CocoMetric`` evaluated by faster-coco-eval's C++ COCO evaluation.
 
-``FastCocoMetric`` is ``CocoMetric`` (same arguments, same results, same log) plus
-``use_faster_coco_eval``. Off (the default) it *is* mmdet's metric, on pycocotools. On, the ground
-truth and detections are loaded with ``faster_coco_eval.COCO`` and evaluated with
-``faster_coco_eval.COCOeval_faster`` - the same COCO protocol (benchmarks/b5_coco_eval.py checks
-identical AP on 500k detections) several times faster::
+``FastCocoMetric`` takes ``CocoMetric``'s arguments and gives its results and log, computed by
+``faster_coco_eval.COCO`` / ``COCOeval_faster``: the same COCO protocol
+(benchmarks/b5_coco_eval.py checks identical AP; its speed-up is in docs/benchmarks.md)::
 
-    val_evaluator = dict(type='FastCocoMetric', ann_file=..., metric='bbox',
-                         use_faster_coco_eval=True)   # pip install faster-coco-eval
+    val_evaluator = dict(type='FastCocoMetric', ann_file=..., metric='bbox')
+
+faster-coco-eval comes with ``pip install -e .[fast]`` (or ``.[test]``);
+``use_faster_coco_eval=False`` falls back to pycocotools, i.e. exactly mmdet's ``CocoMetric``.
 
 How: mmdet's metric module looks up ``COCO``, ``COCOeval`` and ``COCOevalMP`` as module globals;
 while this metric loads its annotations and computes its metrics, those names are bound to the
 faster-coco-eval classes, then restored (metrics run in the main process, one at a time).
 """
 import contextlib
+from types import ModuleType
 from typing import Dict, Iterator
 
 from mmdet.evaluation.metrics import CocoMetric
@@ -21,13 +22,14 @@ from mmdet.evaluation.metrics import coco_metric as _coco_metric_module
 from mmdet.registry import METRICS
 
 
-def _faster_coco_eval():
+def _faster_coco_eval() -> ModuleType:
     try:
         import faster_coco_eval
     except ImportError as err:
-        raise ImportError('FastCocoMetric(use_faster_coco_eval=True) needs faster-coco-eval: '
-                          "pip install faster-coco-eval (or pip install 'mmdet-eps[fast]')"
-                          ) from err
+        raise ImportError(
+            'FastCocoMetric needs faster-coco-eval: pip install -e .[fast] (or pip install '
+            "faster-coco-eval); use_faster_coco_eval=False or type='CocoMetric' evaluates with "
+            'pycocotools instead') from err
     return faster_coco_eval
 
 
@@ -40,16 +42,18 @@ def _faster_cocoeval(coco_gt, coco_dt, iou_type='bbox', *args, **kwargs):
 
 @METRICS.register_module()
 class FastCocoMetric(CocoMetric):
-    """``CocoMetric`` with ``use_faster_coco_eval`` (default False: pycocotools, unchanged).
+    """mmdet's ``CocoMetric`` with faster-coco-eval as its COCO API and evaluator.
 
     Args:
         use_faster_coco_eval (bool): Load annotations and evaluate with faster-coco-eval's
-            ``COCO`` / ``COCOeval_faster`` instead of pycocotools. ``use_mp_eval`` is then
-            ignored (the C++ evaluation is faster than mmdet's multi-process one).
-        *args, **kwargs: those of ``mmdet.evaluation.CocoMetric``.
+            ``COCO`` / ``COCOeval_faster``; ``use_mp_eval`` is then ignored (the C++ evaluation
+            is faster than mmdet's multi-process one). False gives mmdet's pycocotools path
+            unchanged. Defaults to True.
+        *args, **kwargs: those of ``mmdet.evaluation.CocoMetric`` (``ann_file``, ``metric``,
+            ``classwise``, ``metric_items``, ...), with its defaults.
     """
 
-    def __init__(self, *args, use_faster_coco_eval: bool = False, **kwargs) -> None:
+    def __init__(self, *args, use_faster_coco_eval: bool = True, **kwargs) -> None:
         self.use_faster_coco_eval = bool(use_faster_coco_eval)
         if self.use_faster_coco_eval:
             _faster_coco_eval()  # fail at build time when it is missing
@@ -58,6 +62,7 @@ class FastCocoMetric(CocoMetric):
 
     @contextlib.contextmanager
     def _backend(self) -> Iterator[None]:
+        """Bind mmdet's COCO names to faster-coco-eval for the block, when enabled."""
         if not self.use_faster_coco_eval:
             yield
             return

@@ -116,6 +116,7 @@ def test_logs_a_summary_once():
     (dict(eps=True), 'eps_shift.eps'),
     (dict(decay_mult=-2), 'eps_shift.decay_mult'),
     (dict(mode='sgd'), 'eps_shift.mode must be one of'),
+    (dict(std='sample'), 'eps_shift.std must be one of'),
     (dict(epsilon=1e-3), "unknown key\\(s\\) \\['epsilon'\\]"),
 ])
 def test_invalid_eps_shift_fails_at_build_naming_the_key(eps_shift, match):

@@ -137,3 +137,72 @@ def test_global_minimum(family, eps):
     torch.testing.assert_close(f.mean(1), torch.zeros(5, dtype=f.dtype))
     spread = f.std(1, unbiased=False) if family == 'ws' else (f - f.mean(1, True)).norm(dim=1)
     torch.testing.assert_close(spread, torch.full((5, ), eps, dtype=f.dtype))
+
+
+class AuthorsLSGD(torch.optim.Optimizer):
+    """The authors' LSGD (classification/imagenet_fast.py) as published: for every 4-D weight
+    with ``size(1) != 1``, ``λ((1 - ε/std)(W - mean) + mean)`` with torch's default (unbiased)
+    std is added to the gradient before the momentum update; other tensors get plain decay."""
+
+    def __init__(self, params, lr, momentum, weight_decay, eps):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            wd, eps = group['weight_decay'], group['eps']
+            for p in group['params']:
+                d_p = p.grad
+                if p.dim() == 4 and p.size(1) != 1:
+                    w = p.view(p.size(0), -1)
+                    mean, std = w.mean(1, keepdim=True), w.std(1, keepdim=True)
+                    d_p = d_p.add(((1 - eps / std) * (w - mean) + mean).view_as(p), alpha=wd)
+                else:
+                    d_p = d_p.add(p, alpha=wd)
+                state = self.state[p]
+                if 'momentum_buffer' not in state:
+                    buf = state['momentum_buffer'] = d_p.clone()
+                else:
+                    buf = state['momentum_buffer'].mul_(group['momentum']).add_(d_p)
+                p.add_(buf, alpha=-group['lr'])
+
+
+def _trajectories(std: str, steps: int = 4):
+    """Our constructor's SGD (std option ``std``) and the authors' LSGD on the same net."""
+    torch.manual_seed(0)
+    ours = nn.Sequential(CONVS['ws'](3, 6, 3, bias=False), nn.Flatten(), nn.LazyLinear(2))
+    ours(torch.randn(1, 3, 5, 5))
+    ours = ours.double()
+    theirs = nn.Sequential(CONVS['ws'](3, 6, 3, bias=False), nn.Flatten(), nn.Linear(54, 2))
+    theirs = theirs.double()
+    theirs.load_state_dict(ours.state_dict())
+    lr, lam, eps = 0.1, 0.05, 0.2
+    wrapper = build_optim_wrapper(ours, dict(type='SGD', lr=lr, momentum=0.9, weight_decay=lam),
+                                  eps_shift=dict(eps=eps, std=std), bias_decay_mult=1.)
+    lsgd = AuthorsLSGD(theirs.parameters(), lr, 0.9, lam, eps)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    for _ in range(steps):
+        wrapper.update_params(ours(x).square().mean())
+        theirs(x).square().mean().backward()
+        lsgd.step()
+        lsgd.zero_grad()
+    return ours[0].weight.detach(), theirs[0].weight.detach()
+
+
+def test_unbiased_std_option_reproduces_the_authors_lsgd():
+    ours, theirs = _trajectories('unbiased')
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+def test_population_std_differs_from_lsgd_only_by_the_std_in_the_eps_term():
+    """One step from the same state: ours - theirs = lr λ ε (1/v - 1/s_u)(W - m), exactly."""
+    ours, theirs = _trajectories('population', steps=1)
+    torch.manual_seed(0)
+    w0 = nn.Sequential(CONVS['ws'](3, 6, 3, bias=False))[0].weight.detach().double()
+    f = w0.flatten(1)
+    centered = f - f.mean(1, keepdim=True)
+    v, s_u = f.std(1, unbiased=False, keepdim=True), f.std(1, keepdim=True)
+    expected = 0.1 * 0.05 * 0.2 * (1 / v - 1 / s_u) * centered
+    torch.testing.assert_close((ours - theirs).flatten(1), expected, rtol=1e-9, atol=1e-15)
+    assert expected.abs().max() > 1e-6

@@ -25,6 +25,7 @@ import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmengine.registry import HOOKS
 from mmengine.hooks import Hook, LoggerHook
 from mmengine.model import is_model_wrapper
@@ -66,7 +67,8 @@ def _check_positive(name: str, value, minimum: float = 0., integer: bool = False
     return value if integer else float(value)
 
 
-@HOOKS.register_module()
+@MMDET_HOOKS.register_module()  # mmdet's own names ('mmdet.X') keep working
+@HOOKS.register_module()  # root: found from every toolbox's scope, or none
 class WeightNormStatsHook(Hook):
     """Log the effective learning rate and 1/std of weight-normalized convs and warn before the
     float overflow that plain weight decay causes.

@@ -3,6 +3,7 @@ import numbers
 from collections import Counter
 from typing import Dict, List, Optional
 
+from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
@@ -73,7 +74,8 @@ def _merge_groups(groups: List[dict]) -> List[dict]:
     return list(merged.values())
 
 
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+@MMDET_OPTIM_WRAPPER_CONSTRUCTORS.register_module()  # mmdet's own names ('mmdet.X') keep working
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()  # root: found from every toolbox's scope, or none
 class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """Drop-in for mmengine's default constructor that replaces plain weight decay on the
     weights of WS / WN / CWN convs (ours and mmcv's ``ConvWS``/``ConvAWS``) by the paper's

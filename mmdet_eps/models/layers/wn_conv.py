@@ -2,13 +2,15 @@
 from typing import Optional
 
 import torch
+from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .normalized_conv import NormalizedConv2d
 
 
-@MODELS.register_module()
+@MMDET_MODELS.register_module()  # mmdet's own names ('mmdet.X') keep working
+@MODELS.register_module()  # root: found from every toolbox's scope, or none
 class WNConv(NormalizedConv2d):
     """Conv2d with each output filter scaled to unit norm, ``W / (||W|| + eps)``.
 
@@ -42,7 +44,8 @@ class WNConv(NormalizedConv2d):
         return self._scaled(super().normalized_weight())
 
 
-@MODELS.register_module()
+@MMDET_MODELS.register_module()  # mmdet's own names ('mmdet.X') keep working
+@MODELS.register_module()  # root: found from every toolbox's scope, or none
 class CWNConv(NormalizedConv2d):
     """Conv2d with each output filter centered and scaled to unit norm,
     ``(W - m) / (||W - m|| + eps)``.

@@ -1,4 +1,5 @@
 """Weight-standardized convolution (Qiao et al.), the layer the paper regularizes."""
+from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.registry import MODELS
 
 from .filter_stats import fan_in
@@ -6,7 +7,8 @@ from .norm_family import scale_divisor
 from .normalized_conv import NormalizedConv2d
 
 
-@MODELS.register_module()
+@MMDET_MODELS.register_module()  # mmdet's own names ('mmdet.X') keep working
+@MODELS.register_module()  # root: found from every toolbox's scope, or none
 class WSConv(NormalizedConv2d):
     """Conv2d with each output filter standardized to ``(W - m) / (std + eps)``.
 
