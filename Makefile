@@ -17,7 +17,7 @@ DEMO_CONFIG := configs/toy/cascade_rcnn_ws_eps_r18_toy.py
 DEMO_DIR := work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test toy-data benchmarks clean-demo
+.PHONY: setup demo test lint toy-data benchmarks clean-demo
 
 setup: $(STAMP)
 
@@ -34,19 +34,22 @@ $(STAMP): setup.py Makefile
 	touch $(STAMP)
 
 # Regenerated when the generator changes (its output is a pure function of the script).
-$(TOY_DATA)/annotations/instances_val2017.json: tools/make_toy_coco.py | $(STAMP)
-	$(PY) tools/make_toy_coco.py $(TOY_DATA) --force
+$(TOY_DATA)/annotations/instances_val2017.json: tools/misc/make_toy_coco.py | $(STAMP)
+	$(PY) tools/misc/make_toy_coco.py $(TOY_DATA) --force
 
 toy-data: $(TOY_DATA)/annotations/instances_val2017.json
 
 demo: setup toy-data
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)
 	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" --work-dir $(DEMO_DIR)
-	$(PY) tools/report.py $(DEMO_DIR) --names cascade_rcnn_ws_eps_r18_toy
+	$(PY) tools/analysis_tools/report.py $(DEMO_DIR) --names cascade_rcnn_ws_eps_r18_toy
 	@echo "Report: $(DEMO_DIR)/report.md, curves: $(DEMO_DIR)/curves.png"
 
-test: setup
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
 
 benchmarks: setup
 	$(PY) benchmarks/run_all.py

@@ -19,7 +19,11 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest', 'pytest-timeout', 'faster-coco-eval'],
+        'test': ['pytest', 'pytest-timeout', 'faster-coco-eval', 'ruff'],
         'fast': ['faster-coco-eval'],
+        # ImageNet pretraining (configs/imagenet, tools/pretrain.py): mmpretrain 1.2.0, the last
+        # release, accepts mmcv 2.1 / mmengine 0.10. It imports torchvision, which must be the
+        # build made for the torch in place, so it is not pinned here (docs/pretrain.md).
+        'pretrain': ['mmpretrain==1.2.0'],
     },
 )

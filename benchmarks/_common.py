@@ -51,6 +51,27 @@ def setup_env(args: argparse.Namespace) -> Dict:
     return environment(args)
 
 
+def start(description: str, extra: Optional[Callable] = None,
+          argv: Optional[Sequence[str]] = None, needs_mmdet: str = ''):
+    """Every benchmark's first steps: options, environment, the package (``_torch_only``), quiet
+    logs. ``needs_mmdet``: why the benchmark cannot run torch-only (it then exits saying so).
+
+    Returns ``(args, env, pkg)``.
+    """
+    from _torch_only import load_package, quiet_warnings
+    args = parse_args(description, extra, argv)
+    env = setup_env(args)
+    quiet_warnings()
+    pkg = load_package()
+    env['torch_only'] = pkg.torch_only
+    if pkg.torch_only and needs_mmdet:
+        raise SystemExit(f'{description.split(":")[0]} {needs_mmdet}; skipped')
+    if not pkg.torch_only:
+        from mmengine.logging import MMLogger
+        MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
+    return args, env, pkg
+
+
 def load_average() -> Optional[List[float]]:
     try:
         return [round(x, 2) for x in os.getloadavg()]

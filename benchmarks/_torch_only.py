@@ -7,8 +7,8 @@ be tried on a machine that has them) it imports only the torch-only files of the
 ``models/layers/{norm_family,filter_stats,filter_normalize,normalized_conv,filter_group,ws_conv,
 wn_conv}.py`` and ``engine/optimizers/eps_shifted_regularizer.py``, behind stub parent packages,
 with a stub ``mmdet.registry.MODELS`` whose ``register_module()`` returns the class unchanged and
-stand-in classes for mmcv's ``ConvWS2d`` / ``ConvAWS2d`` (which no model here contains). The code that
-runs is the package's own code, file for file.
+stand-in classes for mmcv's ``ConvWS2d`` / ``ConvAWS2d`` (which no model here contains).
+The code that runs is the package's own code, file for file.
 """
 import importlib
 import importlib.abc
@@ -43,8 +43,8 @@ def mmdet_available() -> bool:
     if torch_only_requested():
         return False
     try:
-        import mmdet  # noqa: F401
         import mmcv.ops  # noqa: F401
+        import mmdet  # noqa: F401
     except Exception:  # ImportError, or a broken mmcv build
         return False
     return True
@@ -80,12 +80,19 @@ def load_package() -> types.SimpleNamespace:
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     if mmdet_available():
-        import mmdet_eps  # noqa: F401  registers everything
         from mmdet.utils import register_all_modules
+
+        import mmdet_eps  # noqa: F401  registers everything
         register_all_modules(init_default_scope=True)
         from mmdet_eps.engine.optimizers import eps_shifted_regularizer as regularizer
-        from mmdet_eps.models.layers import (CWNConv, WNConv, WSConv, filter_normalize,
-                                             filter_stats, group_normalized_convs)
+        from mmdet_eps.models.layers import (
+            CWNConv,
+            WNConv,
+            WSConv,
+            filter_normalize,
+            filter_stats,
+            group_normalized_convs,
+        )
         _PACKAGE = types.SimpleNamespace(WSConv=WSConv, CWNConv=CWNConv, WNConv=WNConv,
                                          regularizer=regularizer, filter_stats=filter_stats,
                                          group_normalized_convs=group_normalized_convs,

@@ -22,10 +22,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (Report, interleaved, parse_args, parse_size, rounds_for, setup_env,  # noqa
-                     warmup_for)
-from _torch_only import (MMCVStyleConvWS2d, StdConv2d, TorchResNet, load_package,  # noqa
-                         quiet_warnings)
+from _common import Report, interleaved, parse_size, rounds_for, start, warmup_for  # noqa: E402
+from _torch_only import MMCVStyleConvWS2d, StdConv2d, TorchResNet  # noqa: E402
 
 LABELS = {
     'plain': 'ResNet-50, plain convs',
@@ -86,11 +84,7 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
-    env = setup_env(args)
-    quiet_warnings()
-    pkg = load_package()
-    env['torch_only'] = pkg.torch_only
+    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
     report = Report('B1', f'ResNet-{args.depth} backbone forward+backward, WS vs plain', args,
                     env, goal='ws <= 1.03x plain')
     sizes = args.sizes or (['64'] if args.quick else ['320', '512'])

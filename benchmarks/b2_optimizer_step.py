@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
-from _torch_only import TorchResNet, load_package, quiet_warnings  # noqa: E402
+from _common import Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
+from _torch_only import TorchResNet  # noqa: E402
 
 LR, MOMENTUM, WD, EPS = 0.01, 0.9, 1e-4, 1e-3
 ADAMW = dict(lr=1e-4, weight_decay=0.05)
@@ -131,14 +131,7 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
-    env = setup_env(args)
-    quiet_warnings()
-    pkg = load_package()
-    if not pkg.torch_only:
-        from mmengine.logging import MMLogger
-        MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
-    env['torch_only'] = pkg.torch_only
+    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
     report = Report('B2', 'optimizer step: SGD + ε-shifted term (constructor) vs plain SGD+wd',
                     args, env, goal='eps_sgd <= 1.20x sgd_wd')
     device = args.device
@@ -193,7 +186,7 @@ def main(argv=None):
         vs_adamw = paired(timings['eps_adamw']['times'], timings['adamw']['times'])
         report.note(f'R{depth}: eps_adamw / adamw (paired median) = {vs_adamw:.3f}x')
         report.rows[-1]['eps_adamw_vs_adamw'] = vs_adamw
-        del opts, base
+        del opts
     report.finish()
     return report
 

@@ -27,8 +27,7 @@ import sys
 import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import REPO, Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
-from _torch_only import load_package, quiet_warnings  # noqa: E402
+from _common import REPO, Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
 
 CONFIG = osp.join(REPO, 'configs', 'toy', 'cascade_rcnn_ws_eps_r18_toy.py')
 LR = 0.002
@@ -52,12 +51,8 @@ def make_batch(batch_size: int, num_classes: int, size=(128, 160)):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv=argv)
-    env = setup_env(args)
-    quiet_warnings()
-    pkg = load_package()
-    if pkg.torch_only:
-        raise SystemExit('B3 needs mmdet (it times a whole detector); skipped')
+    args, env, pkg = start(__doc__.splitlines()[0], argv=argv,
+                           needs_mmdet='needs mmdet (it times a whole detector)')
     from mmengine.config import Config
     from mmengine.logging import MMLogger
     MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import REPO, Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
-from _torch_only import TorchResNet, load_package, quiet_warnings  # noqa: E402
+from _common import REPO, Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
+from _torch_only import TorchResNet  # noqa: E402
 
 
 def load_bake_tool():
@@ -73,11 +73,7 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
-    env = setup_env(args)
-    quiet_warnings()
-    pkg = load_package()
-    env['torch_only'] = pkg.torch_only
+    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
     report = Report('B4', 'eval inference (no_grad): WS and baked vs plain', args, env,
                     goal='ws and baked: 1.00x within noise')
     sizes = args.sizes or ([64] if args.quick else [320, 512])

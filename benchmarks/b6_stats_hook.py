@@ -20,8 +20,7 @@ import types
 import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
-from _torch_only import load_package, quiet_warnings  # noqa: E402
+from _common import Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
 
 INTERVAL = 50
 
@@ -35,20 +34,16 @@ def stand_in_runner(model, optim_wrapper):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv=argv)
-    env = setup_env(args)
-    quiet_warnings()
-    pkg = load_package()
-    if pkg.torch_only:
-        raise SystemExit('B6 needs mmdet/mmengine (it times an mmengine hook); skipped')
+    args, env, pkg = start(__doc__.splitlines()[0], argv=argv,
+                           needs_mmdet='needs mmdet/mmengine (it times an mmengine hook)')
     try:
         from mmdet_eps.engine.hooks import WeightNormStatsHook
     except ImportError as err:
         raise SystemExit(f'B6: WeightNormStatsHook is not available ({err}); skipped')
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
-    from mmdet.registry import MODELS
     MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
     import b3_cascade_iter as b3
 

@@ -36,6 +36,7 @@ def main(argv=None):
     env = setup_env(args)
     quiet_warnings()
     from mmcv.ops import RoIAlign
+
     from mmdet_eps.models.roi_extractors import DenseRoIAlign
 
     report = Report('B7', 'RoIAlign fwd+bwd on toy feature maps: dense vs mmcv', args, env,

@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (Report, interleaved, parse_args, parse_size, rounds_for, setup_env,  # noqa
-                     warmup_for)
-from _torch_only import MMCVStyleConvWS2d, TorchResNet, load_package, quiet_warnings  # noqa
+from _common import Report, interleaved, parse_size, rounds_for, start, warmup_for  # noqa: E402
+from _torch_only import MMCVStyleConvWS2d, TorchResNet  # noqa: E402
 
 SGD = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4, foreach=True)
 EPS = 1e-3
@@ -109,14 +108,7 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
-    env = setup_env(args)
-    quiet_warnings()
-    pkg = load_package()
-    if not pkg.torch_only:
-        from mmengine.logging import MMLogger
-        MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
-    env['torch_only'] = pkg.torch_only
+    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
     from mmdet_eps.utils.op_count import count_ops
     report = Report('B8', f'thin ResNet-{args.depth} iteration (launch-bound): ops and time',
                     args, env, goal='ws_eps adds <= 200 ops and <= 1.10x at frozen_stages=-1')

@@ -1,8 +1,10 @@
 """mmdet-eps: the ε-shifted L2 regularizer for weight-normalized detectors in MMDetection.
 
 Importing this package (``custom_imports=dict(imports=['mmdet_eps'])``) registers the WS/WN/CWN
-conv layers and WS-ResNet backbones in mmdet's MODELS, the ε-shifted optimizer-wrapper
-constructor and FastCocoMetric, and applies the compatibility fixes of ``mmdet_eps.utils.compat``.
+conv layers, the ε-shifted optimizer-wrapper constructor and ``WeightNormStatsHook`` in
+mmengine's root registries (found from any toolbox's scope) and mmdet's, the WS-ResNet backbones,
+RoI extractors and ``FastCocoMetric`` in mmdet's, and applies the compatibility fixes of
+``mmdet_eps.utils.compat``.
 """
 from .engine import *  # noqa: F401,F403
 from .evaluation import *  # noqa: F401,F403

@@ -9,13 +9,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', REPO / 'tools' / f'{name}.py')
+def load_script(path: str):
+    """Import the script ``REPO/<path>`` (e.g. ``'benchmarks/b2_optimizer_step.py'``) as a
+    module: tools/ and benchmarks/ are not packages."""
+    spec = importlib.util.spec_from_file_location(
+        path[:-len('.py')].replace('/', '_'), REPO / path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` (e.g. ``'misc/make_toy_coco'``) as a module."""
+    return load_script(f'tools/{name}.py')
 
 
 @pytest.fixture(autouse=True, scope='session')

@@ -16,4 +16,5 @@ class RankLossProbeHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         path = os.path.join(self.out_dir, f'rank{os.environ.get("RANK", "0")}.jsonl')
         with open(path, 'a') as f:
-            f.write(json.dumps({'iter': runner.iter, 'loss': float(outputs['loss'].detach())}) + '\n')
+            record = {'iter': runner.iter, 'loss': float(outputs['loss'].detach())}
+            f.write(json.dumps(record) + '\n')

@@ -2,21 +2,39 @@
 in mmengine's root registries, which every toolbox's registries inherit), and mmdet's names keep
 working."""
 import importlib
+import importlib.util
 
 import pytest
 import torch
-from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, DefaultScope
+from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, DefaultScope, Registry
 
 import mmdet_eps  # noqa: F401
 from mmdet_eps.models.backbones import WSResNet
 from mmdet_eps.models.layers import WSConv
 
+#: A toolbox that is not installed, made as every OpenMMLab toolbox makes its registries.
+TOOLBOX = 'newtoolbox'
+_TOOLBOX_REGISTRIES = [Registry(root.name, parent=root, scope=TOOLBOX)
+                       for root in (MODELS, HOOKS, OPTIM_WRAPPER_CONSTRUCTORS)]
 
-@pytest.fixture(params=[None, 'mmdet', 'mmpretrain'])
+
+def _importable(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None and bool(
+            importlib.import_module(f'{package}.registry'))
+    except Exception:  # mmpretrain without a torchvision for the torch in place
+        return False
+
+
+@pytest.fixture(params=[None, 'mmdet', TOOLBOX, 'mmpretrain'])
 def scope(request):
-    """Run the test with no default scope, or under mmdet's or mmpretrain's."""
+    """Run the test with no default scope, under mmdet's, under a toolbox made here, and under
+    mmpretrain's where it can be imported (it needs torchvision: docs/pretrain.md)."""
     name = request.param
-    if name is not None:
+    if name == 'mmpretrain' and not _importable(name):
+        pytest.skip('mmpretrain cannot be imported here (no torchvision for this torch); '
+                    f'the {TOOLBOX!r} scope covers the same lookup')
+    if name in ('mmdet', 'mmpretrain'):
         importlib.import_module(f'{name}.registry')  # the toolbox's registries, as it runs
     with DefaultScope.overwrite_default_scope(name):
         yield name

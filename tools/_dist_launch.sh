@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Shared by dist_train.sh / dist_test.sh: torchrun NPROC copies of tools/TOOL with the pytorch
-# launcher. NNODES, NODE_RANK, MASTER_ADDR, PORT as in mmdet; PYTHON picks the interpreter.
+# Shared by dist_train.sh / dist_test.sh / dist_pretrain.sh: torchrun NPROC copies of tools/TOOL
+# with the pytorch launcher. NNODES, NODE_RANK, MASTER_ADDR, PORT as in mmdet; PYTHON picks the
+# interpreter.
 # Without a GPU the processes run on CPU over gloo (see mmdet_eps/utils/compat.py).
 TOOL=$1
 NPROC=$2

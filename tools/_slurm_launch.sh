@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Shared by slurm_train.sh / slurm_test.sh: srun GPUS tasks of tools/TOOL with the slurm launcher.
-# GPUS (total), GPUS_PER_NODE, CPUS_PER_TASK, SRUN_ARGS as in mmdet; PYTHON picks the interpreter.
+# Shared by slurm_train.sh / slurm_test.sh / slurm_pretrain.sh: srun GPUS tasks of tools/TOOL with
+# the slurm launcher. GPUS (total), GPUS_PER_NODE, CPUS_PER_TASK, SRUN_ARGS as in mmdet; PYTHON
+# picks the interpreter.
 set -x
 PARTITION=$1
 JOB_NAME=$2

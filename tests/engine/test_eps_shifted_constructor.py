@@ -11,8 +11,7 @@ from mmdet.registry import MODELS
 from mmengine.logging import MMLogger
 from torch import nn
 
-from mmdet_eps.engine.optimizers.eps_shifted_regularizer import (FAMILY_KEY, LAMBDA_KEY,
-                                                                  MODE_KEY)
+from mmdet_eps.engine.optimizers.eps_shifted_regularizer import FAMILY_KEY, LAMBDA_KEY, MODE_KEY
 
 from .helpers import TinyNet, autograd_grad, build_optim_wrapper
 
@@ -143,7 +142,8 @@ def test_term_is_added_after_gradient_clipping():
     torch.manual_seed(0)
     model = TinyNet('ws').double()
     wrapper = build_optim_wrapper(model, dict(type='SGD', lr=0.1, weight_decay=0.5),
-                                  eps_shift=dict(eps=0.1), wrapper=dict(clip_grad=dict(max_norm=1e-6)))
+                                  eps_shift=dict(eps=0.1),
+                                  wrapper=dict(clip_grad=dict(max_norm=1e-6)))
     x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
     w0 = _weight_step(model, wrapper, lambda: model(x).square().sum() * 1e3)
     expected = w0 - 0.1 * autograd_grad(w0, 'ws', 0.1, 0.5)

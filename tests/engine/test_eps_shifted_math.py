@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mmdet_eps.engine.optimizers import eps_shifted_grad
+from tests.conftest import load_script
 
 from .helpers import CONVS, TinyNet, autograd_grad, build_optim_wrapper
 
@@ -139,33 +140,10 @@ def test_global_minimum(family, eps):
     torch.testing.assert_close(spread, torch.full((5, ), eps, dtype=f.dtype))
 
 
-class AuthorsLSGD(torch.optim.Optimizer):
-    """The authors' LSGD (classification/imagenet_fast.py) as published: for every 4-D weight
-    with ``size(1) != 1``, ``λ((1 - ε/std)(W - mean) + mean)`` with torch's default (unbiased)
-    std is added to the gradient before the momentum update; other tensors get plain decay."""
-
-    def __init__(self, params, lr, momentum, weight_decay, eps):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      eps=eps))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            wd, eps = group['weight_decay'], group['eps']
-            for p in group['params']:
-                d_p = p.grad
-                if p.dim() == 4 and p.size(1) != 1:
-                    w = p.view(p.size(0), -1)
-                    mean, std = w.mean(1, keepdim=True), w.std(1, keepdim=True)
-                    d_p = d_p.add(((1 - eps / std) * (w - mean) + mean).view_as(p), alpha=wd)
-                else:
-                    d_p = d_p.add(p, alpha=wd)
-                state = self.state[p]
-                if 'momentum_buffer' not in state:
-                    buf = state['momentum_buffer'] = d_p.clone()
-                else:
-                    buf = state['momentum_buffer'].mul_(group['momentum']).add_(d_p)
-                p.add_(buf, alpha=-group['lr'])
+#: The authors' LSGD (classification/imagenet_fast.py) as published, as the B2 benchmark runs it:
+#: ``λ((1 - ε/std)(W - mean) + mean)`` with torch's default (unbiased) std added to the gradient
+#: of every 4-D weight with ``size(1) != 1`` before the momentum update, plain decay elsewhere.
+AuthorsLSGD = load_script('benchmarks/b2_optimizer_step.py').LSGDLoop
 
 
 def _trajectories(std: str, steps: int = 4):

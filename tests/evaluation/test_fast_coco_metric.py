@@ -1,4 +1,5 @@
-"""FastCocoMetric: mmdet's CocoMetric by default, identical numbers with faster-coco-eval."""
+"""FastCocoMetric: faster-coco-eval by default with mmdet's CocoMetric numbers; mmdet's metric
+itself with use_faster_coco_eval=False."""
 import json
 
 import numpy as np
@@ -49,9 +50,9 @@ def _metrics(ann_file, results, **kwargs):
     return metric.compute_metrics(results)
 
 
-def test_default_is_mmdet_coco_metric(tmp_path):
+def test_switched_off_is_mmdet_coco_metric(tmp_path):
     ann_file, results = _coco(tmp_path)
-    ours = _metrics(ann_file, results)
+    ours = _metrics(ann_file, results, use_faster_coco_eval=False)
     ref = METRICS.build(dict(type='CocoMetric', ann_file=ann_file, metric='bbox'))
     ref.dataset_meta = dict(classes=CLASSES)
     assert ours == ref.compute_metrics(results)
@@ -59,12 +60,14 @@ def test_default_is_mmdet_coco_metric(tmp_path):
 
 
 @pytest.mark.parametrize('classwise', [False, True])
-def test_faster_coco_eval_gives_identical_metrics(tmp_path, classwise):
+def test_faster_coco_eval_by_default_gives_identical_metrics(tmp_path, classwise):
     ann_file, results = _coco(tmp_path)
     saved = (coco_metric.COCO, coco_metric.COCOeval, coco_metric.COCOevalMP)
-    fast = _metrics(ann_file, results, use_faster_coco_eval=True, classwise=classwise)
+    default = METRICS.build(dict(type='FastCocoMetric', ann_file=ann_file))
+    assert default.use_faster_coco_eval
+    fast = _metrics(ann_file, results, classwise=classwise)
     assert (coco_metric.COCO, coco_metric.COCOeval, coco_metric.COCOevalMP) == saved
-    slow = _metrics(ann_file, results, classwise=classwise)
+    slow = _metrics(ann_file, results, use_faster_coco_eval=False, classwise=classwise)
     assert fast.keys() == slow.keys()
     for key in slow:
         assert fast[key] == pytest.approx(slow[key], abs=1e-12), key
@@ -81,5 +84,7 @@ def test_missing_faster_coco_eval_fails_at_build(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, '__import__', fake_import)
     ann_file, _ = _coco(tmp_path)
-    with pytest.raises(ImportError, match='pip install faster-coco-eval'):
-        _metrics(ann_file, [], use_faster_coco_eval=True)
+    with pytest.raises(ImportError, match=r'pip install -e \.\[fast\]'):
+        _metrics(ann_file, [])
+    # pycocotools' path needs no faster-coco-eval
+    METRICS.build(dict(type='FastCocoMetric', ann_file=ann_file, use_faster_coco_eval=False))

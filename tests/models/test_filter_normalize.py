@@ -2,8 +2,14 @@
 import pytest
 import torch
 
-from mmdet_eps.models.layers import (filter_moments, filter_norm, normalize_filter_batch,
-                                     normalize_filters, standardize_filters, unit_filters)
+from mmdet_eps.models.layers import (
+    filter_moments,
+    filter_norm,
+    normalize_filter_batch,
+    normalize_filters,
+    standardize_filters,
+    unit_filters,
+)
 
 SHAPES = [(6, 4, 3, 3), (16, 8, 1, 1), (5, 3, 7, 7), (4, 2, 3)]
 KINDS = ['ws_unbiased', 'ws_population', 'cwn', 'wn']

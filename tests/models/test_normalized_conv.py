@@ -1,7 +1,6 @@
 """WSConv / WNConv / CWNConv: numerics against references, family tags, caching, warnings."""
 import pytest
 import torch
-import torch.nn.functional as F
 from mmcv.cnn import ConvWS2d, build_conv_layer
 
 from mmdet_eps.models.layers import CWNConv, WNConv, WSConv, get_norm_family

@@ -1,4 +1,5 @@
-"""tools/bake_ws.py: the baked detector (plain convs) gives the original's outputs."""
+"""tools/model_converters/bake_ws.py: the baked detector (plain convs) gives the original's
+outputs."""
 import os
 
 import pytest
@@ -12,8 +13,8 @@ from torch import nn
 from mmdet_eps.models.layers import CWNConv, WNConv, WSConv, get_norm_family
 from tests.conftest import REPO, load_tool
 
-bake = load_tool('bake_ws')
-toy = load_tool('make_toy_coco')
+bake = load_tool('model_converters/bake_ws')
+toy = load_tool('misc/make_toy_coco')
 CONFIG = REPO / 'configs' / 'toy' / 'cascade_rcnn_ws_eps_r18_toy.py'
 
 

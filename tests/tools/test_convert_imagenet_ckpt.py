@@ -1,5 +1,5 @@
-"""Tests for tools/convert_imagenet_ckpt.py: the three source formats, architecture inference,
-refusals that leave no DST behind, --verify, and the command line."""
+"""Tests for tools/model_converters/convert_imagenet_ckpt.py: the three source formats,
+architecture inference, refusals that leave no DST behind, --verify, and the command line."""
 import hashlib
 import os
 import subprocess
@@ -11,12 +11,12 @@ import pytest
 import torch
 from mmdet.registry import MODELS
 from mmengine.runner import load_checkpoint
-from tests.conftest import REPO, load_tool
 
 from mmdet_eps.utils import UnsafeCheckpointError
+from tests.conftest import REPO, load_tool
 
-cvt = load_tool('convert_imagenet_ckpt')
-TOOL = REPO / 'tools' / 'convert_imagenet_ckpt.py'
+cvt = load_tool('model_converters/convert_imagenet_ckpt')
+TOOL = REPO / 'tools' / 'model_converters' / 'convert_imagenet_ckpt.py'
 SIZE = 64
 
 
@@ -162,6 +162,34 @@ def test_resnext_inferred(tmp_path, capsys, groups, base_width):
     assert f'found ResNeXt-50 ({groups}x{base_width}d)' in out and 'verify ok' in out
 
 
+@pytest.fixture(scope='module')
+def x50():
+    return _source('resnext', 50, groups=32, base_width=4)
+
+
+def test_torchvision_resnext(x50, tmp_path):
+    """torchvision's resnext*_32x4d layout, with the width configs/cascade_rcnn_ws_x101.py
+    expects stated."""
+    src = save_torchvision(x50, tmp_path / 'resnext50_32x4d.pth')
+    dst = tmp_path / 'out' / 'x50.pth'
+    meta = cvt.convert(src, dst, arch='resnext', groups=32, base_width=4, verify=True,
+                       input_size=SIZE)
+    _check_dst(dst, src, x50, 'resnext', 50, groups=32, base_width=4)
+    assert (meta['format'], meta['groups'], meta['base_width']) == ('torchvision', 32, 4)
+
+
+@pytest.mark.parametrize('kwargs,expected', [(dict(groups=64), 'groups=64 was expected'),
+                                             (dict(base_width=8), 'base_width=8 was expected')])
+def test_wrong_resnext_width_refused(x50, tmp_path, kwargs, expected):
+    """A detector's Pretrained init would only warn about mismatched shapes and keep them
+    random: the expected width is checked before anything is written."""
+    src = save_torchvision(x50, tmp_path / 'src.pth')
+    with pytest.raises(cvt.ConversionError, match=expected) as info:
+        cvt.convert(src, tmp_path / 'out' / 'dst.pth', arch='resnext', **kwargs)
+    assert 'holds ResNeXt-50 (32x4d)' in str(info.value)
+    assert not (tmp_path / 'out').exists()
+
+
 @pytest.mark.parametrize('conv', ['WSConv', 'CWNConv'])
 def test_verify_passes(r18, tmp_path, capsys, conv):
     src = save_pytorchinsight(r18, tmp_path / 'src.pth')
@@ -185,7 +213,8 @@ def test_verify_catches_a_missing_tensor(r18, tmp_path):
 
 
 @pytest.mark.parametrize('kwargs,expected', [(dict(depth=50), 'depth=50 was expected'),
-                                             (dict(arch='resnext'), 'arch=resnext was expected')])
+                                             (dict(arch='resnext'), 'arch=resnext was expected'),
+                                             (dict(groups=32), 'groups=32 was expected')])
 def test_wrong_target_refused(r18, tmp_path, kwargs, expected):
     src = save_pytorchinsight(r18, tmp_path / 'src.pth')
     out = tmp_path / 'out'
@@ -291,7 +320,9 @@ def test_cli(r18, tmp_path):
         assert line in done.stdout
     assert torch.load(dst, weights_only=True)['meta']['format'] == 'pytorchinsight'
 
-    refused = _cli(src, tmp_path / 'other.pth', '--depth', '50')
+    refused = _cli(src, tmp_path / 'other.pth', '--depth', '50', '--groups', '32',
+                   '--base-width', '4')
     assert refused.returncode == 2
-    assert 'ResNet-18' in refused.stderr and 'depth=50 was expected' in refused.stderr
+    assert 'ResNet-18' in refused.stderr
+    assert 'depth=50, groups=32, base_width=4 was expected' in refused.stderr
     assert not (tmp_path / 'other.pth').exists()

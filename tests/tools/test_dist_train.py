@@ -59,7 +59,7 @@ def _losses(probe_dir: Path) -> dict:
 
 def test_two_process_cpu_training_matches_one_process(tmp_path):
     data = tmp_path / 'toy_coco'
-    load_tool('make_toy_coco').make_toy_coco(data, num_train=4, num_val=2, seed=5)
+    load_tool('misc/make_toy_coco').make_toy_coco(data, num_train=4, num_val=2, seed=5)
     runs = {}
     for nproc, batch in ((2, 1), (1, 2)):
         work, probe = tmp_path / f'run{nproc}', tmp_path / f'probe{nproc}'

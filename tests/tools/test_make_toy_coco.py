@@ -1,4 +1,4 @@
-"""Tests for tools/make_toy_coco.py: COCO validity, determinism, safe writes, mmdet loading."""
+"""Tests for tools/misc/make_toy_coco.py: COCO validity, determinism, safe writes, mmdet loading."""
 import json
 import subprocess
 import sys
@@ -7,12 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tests.conftest import REPO, load_tool
 from mmdet.datasets import CocoDataset
 from pycocotools.coco import COCO
 
-toy = load_tool('make_toy_coco')
-TOOL = REPO / 'tools' / 'make_toy_coco.py'
+from tests.conftest import REPO, load_tool
+
+toy = load_tool('misc/make_toy_coco')
+TOOL = REPO / 'tools' / 'misc' / 'make_toy_coco.py'
 
 SMALL = dict(num_train=8, num_val=4)
 

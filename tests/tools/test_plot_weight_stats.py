@@ -1,5 +1,6 @@
-"""tools/plot_weight_stats.py: PNGs from a real Runner's log and from logs written by mmengine's
-LocalVisBackend; a clear error, and no file, for a log without WeightNormStatsHook statistics."""
+"""tools/analysis_tools/plot_weight_stats.py: PNGs from a real Runner's log and from logs written
+by mmengine's LocalVisBackend; a clear error, and no file, for a log without WeightNormStatsHook
+statistics."""
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from mmengine.visualization import LocalVisBackend
 from tests.conftest import load_tool
 from tests.engine.test_weight_norm_stats_hook import train_tiny
 
-plot = load_tool('plot_weight_stats')
+plot = load_tool('analysis_tools/plot_weight_stats')
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 

@@ -1,4 +1,5 @@
-"""tools/report.py: numbers, deltas, sources and curves from work dirs in mmengine's on-disk format.
+"""tools/analysis_tools/report.py: numbers, deltas, sources and curves from work dirs in mmengine's
+on-disk format.
 
 Work dirs are written the way LoggerHook writes them: scalars through the real
 ``LocalVisBackend.add_scalars`` and test results through ``mmengine.fileio.dump`` of
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import REPO, load_tool
 from matplotlib.image import imread
 from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.fileio import dump
@@ -21,7 +21,9 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmengine.visualization import LocalVisBackend
 
-report = load_tool('report')
+from tests.conftest import REPO, load_tool
+
+report = load_tool('analysis_tools/report')
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 ITEMS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l', 'AR_s@1000', 'AR_m@1000',
@@ -91,9 +93,9 @@ def read_table(path):
 
 
 def run_cli(*args):
-    """Run tools/report.py in a fresh interpreter."""
-    return subprocess.run([sys.executable, str(REPO / 'tools' / 'report.py'), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    """Run tools/analysis_tools/report.py in a fresh interpreter."""
+    return subprocess.run([sys.executable, str(REPO / 'tools' / 'analysis_tools' / 'report.py'),
+                           *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_writes_table_with_deltas_csv_and_curves(two_runs):

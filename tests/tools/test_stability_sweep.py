@@ -1,5 +1,6 @@
-"""tools/stability_sweep.py: the quick configuration reproduces the paper's failure of plain
-decay and its cure by the ε-shifted term, writes its table and figure, and is deterministic."""
+"""tools/analysis_tools/stability_sweep.py: the quick configuration reproduces the paper's failure
+of plain decay and its cure by the ε-shifted term, writes its table and figure, and is
+deterministic."""
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from matplotlib.image import imread
 
 from tests.conftest import load_tool
 
-sweep = load_tool('stability_sweep')
+sweep = load_tool('analysis_tools/stability_sweep')
 
 
 @pytest.mark.slow
@@ -31,7 +32,7 @@ def test_quick_sweep_plain_decay_fails_eps_shifted_does_not(tmp_path, capsys):
     assert failed['lam'] == 0.1 and failed['max_inv_std'] > 1e20
 
     table = (tmp_path / 'stability.md').read_text()
-    assert 'Command: `tools/stability_sweep.py --quick --out' in table
+    assert 'Command: `tools/analysis_tools/stability_sweep.py --quick --out' in table
     assert '| WS | sgd | plain | ✗' in table
     assert '| WS | sgd | ε-shifted, ε=0.001 | ✓' in table
     assert table in capsys.readouterr().out

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope='module')
 def tiny_coco(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('data') / 'toy_coco'
-    load_tool('make_toy_coco').make_toy_coco(root, num_train=4, num_val=2, seed=3)
+    load_tool('misc/make_toy_coco').make_toy_coco(root, num_train=4, num_val=2, seed=3)
     return root
 
 
@@ -101,8 +101,8 @@ def test_cli_train_resume_and_test(tiny_coco, tmp_path):
     assert (test_dir / 'results.pkl').is_file()
 
     report_dir = tmp_path / 'report'
-    run_tool('tools/report.py', str(work_dir), str(tmp_path / 'resumed'), '--names', 'trained',
-             'resumed', '--baseline', 'trained', '--out-dir', str(report_dir))
+    run_tool('tools/analysis_tools/report.py', str(work_dir), str(tmp_path / 'resumed'),
+             '--names', 'trained', 'resumed', '--baseline', 'trained', '--out-dir', str(report_dir))
     table = (report_dir / 'report.md').read_text()
     assert '| trained |' in table and '| resumed |' in table
     assert (report_dir / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -3,7 +3,8 @@ Fig. 2 (effective learning rate per epoch) and Figs. 6/7 (max 1/std per iteratio
 
 Usage::
 
-    tools/plot_weight_stats.py RUN_DIR [RUN_DIR ...] [--names A B ...] [--out DIR]
+    python tools/analysis_tools/plot_weight_stats.py RUN_DIR [RUN_DIR ...] [--names A B ...]
+        [--out DIR]
 
 A RUN_DIR is a work dir (its ``<YYYYmmdd_HHMMSS>/vis_data/scalars.json`` files, one per launch,
 are merged in time order, a later record replacing an earlier one of the same step), one launch
@@ -21,7 +22,6 @@ Writes, atomically, into ``--out`` (default: the first RUN_DIR):
 Exits with status 1 and writes nothing when a run has no statistics.
 """
 import argparse
-import importlib.util
 import io
 import math
 import os
@@ -34,17 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg canvas, no py
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-
-def _load_report():
-    """tools/report.py, whose log reader and atomic writer this tool shares."""
-    spec = importlib.util.spec_from_file_location('_tools_report',
-                                                  Path(__file__).with_name('report.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load_report()
+from mmdet_eps.utils import LogFormatError, read_json_lines, scalars_files, strip_mode, write_atomic
 
 PREFIX = 'wn_stats/'
 EFF_LR, MAX_INV_STD = f'{PREFIX}eff_lr', f'{PREFIX}max_inv_std'
@@ -90,22 +80,13 @@ class RunStats:
                        if k.startswith(LAYER_PREFIX)})
 
 
-def _scalars_files(path: Path) -> List[Path]:
-    if path.is_file():
-        return [path]
-    if (path / 'vis_data' / 'scalars.json').is_file():
-        return [path / 'vis_data' / 'scalars.json']
-    if path.is_dir():
-        return [p / 'vis_data' / 'scalars.json' for p in sorted(path.iterdir())
-                if p.is_dir() and report.TIMESTAMP_RE.fullmatch(p.name)
-                and (p / 'vis_data' / 'scalars.json').is_file()]
-    raise PlotError(f'{path}: no such file or directory')
-
-
 def load_stats(run: Union[str, os.PathLike], name: Optional[str] = None) -> RunStats:
     """Read the hook's statistics of one run; :class:`PlotError` when there are none."""
     path = Path(run)
-    files = _scalars_files(path)
+    try:
+        files = scalars_files(path)
+    except FileNotFoundError as err:
+        raise PlotError(str(err)) from err
     if not files:
         raise PlotError(f'{path}: no <timestamp>/vis_data/scalars.json (not an mmengine work '
                         'dir?)')
@@ -114,11 +95,11 @@ def load_stats(run: Union[str, os.PathLike], name: Optional[str] = None) -> RunS
     stats = RunStats(name=name, path=str(path))
     for file in files:
         try:
-            records = report._read_json_lines(file)
-        except report.ReportError as err:
+            records = read_json_lines(file)
+        except LogFormatError as err:
             raise PlotError(str(err)) from err
         for record in records:
-            record = {report._strip_mode(k): v for k, v in record.items()}
+            record = {strip_mode(k): v for k, v in record.items()}
             values = {k: v for k, v in record.items()
                       if k.startswith(PREFIX) and isinstance(v, (int, float))}
             if values and 'step' in record:
@@ -213,7 +194,7 @@ def write_plots(runs: Sequence[RunStats], out_dir: Union[str, os.PathLike]) -> L
     paths = []
     for file_name, data in contents.items():
         paths.append(out / file_name)
-        report._write_atomic(paths[-1], data)
+        write_atomic(paths[-1], data)
     return paths
 
 

@@ -2,8 +2,8 @@
 
 Usage::
 
-    tools/report.py WORK_DIR [WORK_DIR ...] [--baseline WORK_DIR_OR_NAME] [--names A B ...]
-                    [--out-dir DIR]
+    python tools/analysis_tools/report.py WORK_DIR [WORK_DIR ...] [--baseline WORK_DIR_OR_NAME]
+        [--names A B ...] [--out-dir DIR]
 
 Reads what mmengine's Runner wrote into each work dir, one ``<YYYYmmdd_HHMMSS>`` folder per
 launch (a resumed training adds a folder; they are merged in time order, a later record
@@ -27,10 +27,7 @@ import csv
 import io
 import json
 import os
-import re
-import secrets
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -40,9 +37,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mmdet_eps.utils import LogFormatError, launch_dirs, read_json_lines, strip_mode, write_atomic
+
 METRIC_PREFIX = 'coco/'
-TIMESTAMP_RE = re.compile(r'\d{8}_\d{6}')
-MODE_PREFIXES = ('train/', 'val/', 'test/')
 # (table column, CocoMetric key without its 'coco/' prefix)
 BBOX_COLUMNS = (('AP', 'bbox_mAP'), ('AP50', 'bbox_mAP_50'), ('AP75', 'bbox_mAP_75'),
                 ('APs', 'bbox_mAP_s'), ('APm', 'bbox_mAP_m'), ('APl', 'bbox_mAP_l'),
@@ -69,37 +66,23 @@ class Run:
     val_unit: str = 'epoch'  # what a val step counts: 'epoch' or 'iter'
 
 
-def _strip_mode(key: str) -> str:
-    """Drop the ``train/``/``val/``/``test/`` prefix mmengine adds with log_with_hierarchy."""
-    for prefix in MODE_PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
-
-
 def _coco_metrics(record: dict) -> Dict[str, float]:
     """The numeric CocoMetric entries of a log record, keyed without prefixes."""
     metrics = {}
     for key, value in record.items():
-        key = _strip_mode(key)
+        key = strip_mode(key)
         if (key.startswith(METRIC_PREFIX) and isinstance(value, (int, float))
                 and not isinstance(value, bool)):
             metrics[key[len(METRIC_PREFIX):]] = float(value)
     return metrics
 
 
-def _read_json_lines(path: Path) -> List[dict]:
-    """Parse a scalars.json; a truncated last line (a run killed mid-write) is skipped."""
-    lines = [line for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number < len(lines):
-                raise ReportError(f'{path}:{number}: not a JSON line ({err})') from err
-            warnings.warn(f'{path}:{number}: skipping truncated last line')
-    return records
+def _read_scalars(path: Path) -> List[dict]:
+    """The records of a scalars.json; a malformed one is a :class:`ReportError`."""
+    try:
+        return read_json_lines(path)
+    except LogFormatError as err:
+        raise ReportError(str(err)) from err
 
 
 def load_run(work_dir: Union[str, os.PathLike], name: Optional[str] = None) -> Run:
@@ -110,22 +93,21 @@ def load_run(work_dir: Union[str, os.PathLike], name: Optional[str] = None) -> R
     root = Path(work_dir)
     if not root.is_dir():
         raise ReportError(f'{root}: not a directory')
-    launches = sorted(p for p in root.iterdir() if p.is_dir() and TIMESTAMP_RE.fullmatch(p.name))
     loss: Dict[int, float] = {}
     val: Dict[int, Dict[str, float]] = {}
     last_val: Optional[Tuple[int, Dict[str, float]]] = None
     test: Optional[Dict[str, float]] = None
     by_epoch = True
-    for launch in launches:
+    for launch in launch_dirs(root):
         scalars = launch / 'vis_data' / 'scalars.json'
         if scalars.is_file():
-            for record in _read_json_lines(scalars):
+            for record in _read_scalars(scalars):
                 metrics = _coco_metrics(record)
                 if metrics:
                     last_val = (int(record['step']), metrics)
                     val[last_val[0]] = metrics
                     continue
-                train = {_strip_mode(k): v for k, v in record.items()}
+                train = {strip_mode(k): v for k, v in record.items()}
                 if isinstance(train.get('loss'), (int, float)):
                     loss[int(train['step'])] = float(train['loss'])
                     by_epoch = 'epoch' in train
@@ -258,20 +240,6 @@ def render_curves(runs: Sequence[Run]) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
-    try:
-        with open(tmp, 'xb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _find_baseline(runs: Sequence[Run], baseline: Union[None, str, Run]) -> Run:
     """The run given by name or work dir (default: the first run)."""
     if baseline is None:
@@ -307,7 +275,7 @@ def write_report(runs: Sequence[Run], out_dir: Union[str, os.PathLike],
     paths = {}
     for kind, data in contents.items():
         paths[kind] = out / OUTPUT_NAMES[kind]
-        _write_atomic(paths[kind], data)
+        write_atomic(paths[kind], data)
     return paths
 
 

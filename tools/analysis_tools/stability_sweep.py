@@ -3,8 +3,8 @@ L2 term on a small weight-normalized network, on CPU in minutes.
 
 Usage::
 
-    tools/stability_sweep.py [--steps N] [--out DIR] [--quick] [--families ws wn]
-                             [--optimizers sgd adam] [--lambdas 0.1 0.01 ...] [--eps 1e-2 1e-3]
+    python tools/analysis_tools/stability_sweep.py [--steps N] [--out DIR] [--quick]
+        [--families ws wn] [--optimizers sgd adam] [--lambdas 0.1 0.01 ...] [--eps 1e-2 1e-3]
 
 Every cell trains the same small network (WS or WN convs + BN + ReLU, global pooling, a linear
 classifier; the convs in the paper's pure form, layer eps = 0 and population std) from the same
@@ -27,7 +27,6 @@ Deterministic: fixed seeds, one thread by default (``--threads``), no data shuff
 """
 import argparse
 import collections
-import importlib.util
 import io
 import itertools
 import json
@@ -35,6 +34,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -47,9 +47,14 @@ from torch import nn
 
 import mmdet_eps  # noqa: F401  (registers the constructor and the layers)
 from mmdet_eps.engine.hooks import layer_stats
-from mmdet_eps.models.layers import WNConv, WSConv, get_norm_family
+from mmdet_eps.models.layers import NORM_FAMILIES, CWNConv, WNConv, WSConv, get_norm_family
+from mmdet_eps.utils import write_atomic
 
+#: The families of the default sweep (the paper's Tables II/III); ``--families`` takes any.
 FAMILIES = ('ws', 'wn')
+#: Each family's conv in the paper's form: layer eps 0, population std.
+_PAPER_CONVS = {'ws': partial(WSConv, eps=0., unbiased=False), 'wn': partial(WNConv, eps=0.),
+                'cwn': partial(CWNConv, eps=0.)}
 OPTIMIZERS = {
     'sgd': dict(type='SGD', lr=0.1, momentum=0.9),
     'adam': dict(type='Adam', lr=1e-3),
@@ -67,15 +72,6 @@ RECORD_EVERY = 10
 LOSS_WINDOW = 100
 NUM_SAMPLES, NUM_CLASSES, SIZE = 32, 4, 8
 DATA_SEED, INIT_SEED = 0, 1
-
-
-def _load_report():
-    """tools/report.py, whose atomic writer this tool shares."""
-    spec = importlib.util.spec_from_file_location('_tools_report',
-                                                  Path(__file__).with_name('report.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class SweepError(RuntimeError):
@@ -120,14 +116,9 @@ def make_data() -> Tuple[torch.Tensor, torch.Tensor]:
 
 def make_net(family: str) -> nn.Module:
     """Two normalized 3x3 convs (paper form: layer eps 0, population std) with BN, then fc."""
-    if family == 'ws':
-        def conv(*args, **kwargs):
-            return WSConv(*args, eps=0., unbiased=False, **kwargs)
-    elif family == 'wn':
-        def conv(*args, **kwargs):
-            return WNConv(*args, eps=0., **kwargs)
-    else:
-        raise SweepError(f'family must be one of {FAMILIES}, got {family!r}')
+    if family not in NORM_FAMILIES:
+        raise SweepError(f'family must be one of {NORM_FAMILIES}, got {family!r}')
+    conv = _PAPER_CONVS[family]
     torch.manual_seed(INIT_SEED)
     return nn.Sequential(
         conv(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -281,7 +272,7 @@ def render_png(cells: Sequence[Cell]) -> bytes:
     panels: Dict[Tuple[str, str, float], List[Cell]] = {}
     for c in cells:
         panels.setdefault((c.family, c.optimizer, c.lam), []).append(c)
-    order = list(FAMILIES) + list(OPTIMIZERS)
+    order = list(NORM_FAMILIES) + list(OPTIMIZERS)
     rows = sorted({(c.family, c.optimizer) for c in cells},
                   key=lambda k: (order.index(k[0]), order.index(k[1])))
     lambdas = sorted({c.lam for c in cells}, reverse=True)
@@ -340,7 +331,7 @@ def write_results(cells: Sequence[Cell], steps: int, out_dir, command: str) -> D
     paths = {}
     for name, data in contents.items():
         paths[name] = out / name
-        _load_report()._write_atomic(paths[name], data)
+        write_atomic(paths[name], data)
     return paths
 
 
@@ -352,7 +343,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out', default='work_dirs/stability_sweep', help='output folder')
     parser.add_argument('--quick', action='store_true',
                         help='a small subset (WS, SGD, λ 0.1 and 1e-3, ε 1e-3), ~30 s')
-    parser.add_argument('--families', nargs='+', choices=FAMILIES)
+    parser.add_argument('--families', nargs='+', choices=NORM_FAMILIES)
     parser.add_argument('--optimizers', nargs='+', choices=sorted(OPTIMIZERS))
     parser.add_argument('--lambdas', nargs='+', type=float)
     parser.add_argument('--eps', nargs='+', type=float, help='ε values of the shifted term')
@@ -378,7 +369,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the sweep, print the table and write the outputs."""
     args = parse_args(argv)
-    command = ' '.join(['tools/stability_sweep.py'] + list(
+    command = ' '.join(['tools/analysis_tools/stability_sweep.py'] + list(
         sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
     cells = run_sweep(sweep_cells(args.families, args.optimizers, args.lambdas, args.eps),

@@ -9,7 +9,7 @@ seeded by (seed, split, index), and images are lossless PNGs.
 
 Example::
 
-    python tools/make_toy_coco.py data/toy_coco --num-train 1024 --num-val 64 --seed 0
+    python tools/misc/make_toy_coco.py data/toy_coco --num-train 1024 --num-val 64 --seed 0
 """
 import argparse
 import json
@@ -167,7 +167,7 @@ def _write_split(root: Path, split: str, num: int, seed: int, width: int, height
     print(flush=True)
     coco = dict(
         info=dict(description=f'mmdet-eps toy shapes ({split}, seed {seed})', version='1.0',
-                  contributor='mmdet-eps tools/make_toy_coco.py'),
+                  contributor='mmdet-eps tools/misc/make_toy_coco.py'),
         licenses=[dict(id=1, name='CC0 1.0',
                        url='https://creativecommons.org/publicdomain/zero/1.0/')],
         categories=[dict(id=i + 1, name=n, supercategory='shape') for i, n in enumerate(CLASSES)],

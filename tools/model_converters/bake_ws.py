@@ -6,7 +6,8 @@ mmcv's ``ConvWS2d`` / ``ConvAWS2d``) computes ``conv(x, normalize(W))``. Baking 
 ``normalize(W)`` as the weight of a plain conv, so the deployed model does the same arithmetic
 with no normalization code, and runs anywhere a plain ResNet runs (ONNX, TensorRT, mmdeploy).
 
-    python tools/bake_ws.py CONFIG CHECKPOINT OUT [--out-config OUT.py] [--cfg-options ...]
+    python tools/model_converters/bake_ws.py CONFIG CHECKPOINT OUT [--out-config OUT.py] \
+        [--cfg-options ...]
 
 writes
 
@@ -23,18 +24,17 @@ written atomically (temporary file, then rename): a failed run leaves no partial
 """
 import argparse
 import copy
-import os
 import os.path as osp
 import sys
-import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-#: conv_cfg types that name a normalized conv, and the backbones whose default conv is one.
-NORMALIZED_CONV_TYPES = ('WSConv', 'WNConv', 'CWNConv', 'ConvWS', 'ConvAWS')
+from mmdet_eps.models.layers import get_norm_family
+
+#: The backbones whose default conv is a normalized one, and their plain counterparts.
 PLAIN_BACKBONES = {'WSResNet': 'ResNet', 'WSResNeXt': 'ResNeXt'}
 
 
@@ -44,29 +44,20 @@ def _log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- torch only
 
-def _mmcv_ws_classes() -> tuple:
-    try:
-        from mmcv.cnn.bricks.conv_ws import ConvAWS2d, ConvWS2d
-    except ImportError:
-        return ()
-    return ConvWS2d, ConvAWS2d
-
-
 def normalized_weight(module: nn.Module) -> Optional[torch.Tensor]:
     """The weight ``module``'s forward convolves with, or None for a plain module."""
-    if getattr(module, 'norm_family', None) and hasattr(module, 'normalize'):
+    if get_norm_family(module) is None:
+        return None
+    if hasattr(module, 'normalize'):  # mmdet_eps' layers (WNConv's gain included)
         return module.normalize(module.weight)
-    mmcv_classes = _mmcv_ws_classes()
-    if mmcv_classes and isinstance(module, mmcv_classes[1]):  # ConvAWS2d
+    if hasattr(module, '_get_weight'):  # mmcv's ConvAWS2d
         return module._get_weight(module.weight)
-    if mmcv_classes and isinstance(module, mmcv_classes[0]):  # ConvWS2d: mmcv's conv_ws_2d
-        w = module.weight
-        flat = w.view(w.size(0), -1)
-        shape = (w.size(0), ) + (1, ) * (w.dim() - 1)
-        mean = flat.mean(dim=1, keepdim=True).view(shape)
-        std = flat.std(dim=1, keepdim=True).view(shape)
-        return (w - mean) / (std + module.eps)
-    return None
+    w = module.weight  # mmcv's ConvWS2d: conv_ws_2d's arithmetic
+    flat = w.view(w.size(0), -1)
+    shape = (w.size(0), ) + (1, ) * (w.dim() - 1)
+    mean = flat.mean(dim=1, keepdim=True).view(shape)
+    std = flat.std(dim=1, keepdim=True).view(shape)
+    return (w - mean) / (std + module.eps)
 
 
 def plain_conv(module: nn.Conv2d, weight: torch.Tensor) -> nn.Conv2d:
@@ -102,6 +93,13 @@ def bake_module(model: nn.Module) -> List[Tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- config
 
+def _names_normalized_conv(conv_type) -> bool:
+    """Whether a ``conv_cfg`` type (a registry name or a class) builds a normalized conv."""
+    from mmengine.registry import MODELS
+    cls = MODELS.get(conv_type) if isinstance(conv_type, str) else conv_type
+    return cls is not None and get_norm_family(cls) is not None
+
+
 def bake_config_dict(cfg: dict) -> Tuple[dict, List[str]]:
     """A copy of ``cfg`` with normalized backbones and conv_cfgs made plain; and what changed."""
     changes: List[str] = []
@@ -112,7 +110,7 @@ def bake_config_dict(cfg: dict) -> Tuple[dict, List[str]]:
             for key, value in node.items():
                 where = f'{path}.{key}' if path else str(key)
                 if (key == 'conv_cfg' and isinstance(value, dict)
-                        and value.get('type') in NORMALIZED_CONV_TYPES):
+                        and _names_normalized_conv(value.get('type'))):
                     changes.append(f'{where}: {value} -> None')
                     out[key] = None
                 elif key == 'type' and value in PLAIN_BACKBONES:
@@ -128,43 +126,10 @@ def bake_config_dict(cfg: dict) -> Tuple[dict, List[str]]:
     return walk(copy.deepcopy(cfg), ''), changes
 
 
-# ----------------------------------------------------------------------------- files
-
-def _atomic_target(path: str) -> str:
-    os.makedirs(osp.dirname(osp.abspath(path)) or '.', exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp',
-                               dir=osp.dirname(osp.abspath(path)))
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-    return tmp
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    tmp = _atomic_target(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_config_dump(cfg, path: str) -> None:
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(cfg.pretty_text)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 # ----------------------------------------------------------------------------- main
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line arguments."""
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='config of the trained detector')
@@ -185,7 +150,8 @@ def _extract(model, x):
     return list(feats) if isinstance(feats, (list, tuple)) else [feats]
 
 
-def main(argv=None) -> Dict:
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    """Bake, check, then write the checkpoint and the config; returns what was done."""
     args = parse_args(argv)
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -197,9 +163,11 @@ def main(argv=None) -> Dict:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    import mmdet_eps  # noqa: F401  registers WS layers, safe checkpoint loading
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
+    import mmdet_eps  # noqa: F401  registers WS layers, safe checkpoint loading
+    from mmdet_eps.utils import atomic_output, write_atomic
     register_all_modules(init_default_scope=False)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
 
@@ -254,9 +222,10 @@ def main(argv=None) -> Dict:
     meta = dict(checkpoint.get('meta', {}) if isinstance(checkpoint, dict) else {})
     meta.update(baked_from=osp.abspath(args.checkpoint), baked_convs=len(baked),
                 baked_config=osp.abspath(out_config))
-    atomic_torch_save(dict(meta=meta, state_dict=state_dict), args.out)
+    with atomic_output(args.out) as tmp:
+        torch.save(dict(meta=meta, state_dict=state_dict), tmp)
     _log(f'wrote {args.out}')
-    atomic_config_dump(baked_cfg, out_config)
+    write_atomic(out_config, baked_cfg.pretty_text)
     _log(f'wrote {out_config}')
     return dict(out=args.out, out_config=out_config, baked=baked, changes=changes,
                 max_rel_diff=max_diff)

@@ -16,13 +16,12 @@ anything in it runs, and DST is written atomically: it is either complete or abs
 
 Example::
 
-    python tools/convert_imagenet_ckpt.py ws_resnet50.pth.tar checkpoints/ws_r50.pth \\
-        --depth 50 --arch resnet --verify
+    python tools/model_converters/convert_imagenet_ckpt.py ws_resnet50.pth.tar \\
+        checkpoints/ws_r50.pth --depth 50 --arch resnet --verify
 """
 import argparse
 import hashlib
 import logging
-import os
 import os.path as osp
 import sys
 from collections import OrderedDict
@@ -37,7 +36,7 @@ from mmengine.runner.checkpoint import load_state_dict
 from torch import Tensor
 
 import mmdet_eps
-from mmdet_eps.utils import UnsafeCheckpointError, safe_load
+from mmdet_eps.utils import UnsafeCheckpointError, atomic_output, safe_load
 
 #: (block class name, blocks per stage) -> depth, from mmdet's ResNet.arch_settings.
 DEPTHS = {(block.__name__, tuple(stages)): depth
@@ -217,10 +216,13 @@ def verify_checkpoint(reference: Dict[str, Tensor], dst: str, spec: Spec, conv: 
 
 def convert(src: str, dst: str, depth: Optional[int] = None, arch: Optional[str] = None,
             verify: bool = False, force: bool = False, conv: str = 'WSConv',
-            input_size: int = 224) -> dict:
+            input_size: int = 224, groups: Optional[int] = None,
+            base_width: Optional[int] = None) -> dict:
     """Convert SRC into the backbone checkpoint DST and return its meta.
 
-    ``depth``/``arch`` state the expected network: any other is refused. With ``verify`` the
+    ``depth``/``arch`` (and for a ResNeXt ``groups``/``base_width``, e.g. 32/4 for the X-101
+    32x4d configs) state the expected network: any other is refused, since a detector's
+    Pretrained init would skip mismatched tensors with a mere warning. With ``verify`` the
     written checkpoint is checked by :func:`verify_checkpoint` (with convs of type ``conv``)
     before it replaces DST. Refuses to overwrite DST unless ``force``.
     """
@@ -236,8 +238,9 @@ def convert(src: str, dst: str, depth: Optional[int] = None, arch: Optional[str]
     print(f'found {describe(spec)} ({fmt} format): {spec["block"]} blocks per stage '
           f'{spec["stages"]}, dropping {len(dropped)} classifier tensors '
           f'({", ".join(dropped[:3])}{" ..." if len(dropped) > 3 else ""})')
-    wanted = {k: v for k, v in (('arch', arch), ('depth', depth)) if v is not None}
-    if any(spec[k] != v for k, v in wanted.items()):
+    wanted = {k: v for k, v in (('arch', arch), ('depth', depth), ('groups', groups),
+                                ('base_width', base_width)) if v is not None}
+    if any(spec.get(k) != v for k, v in wanted.items()):
         raise ConversionError(
             f'{src} holds {describe(spec)} (arch={spec["arch"]}, depth={spec["depth"]}) but '
             + ', '.join(f'{k}={v}' for k, v in wanted.items()) + ' was expected; nothing written')
@@ -248,23 +251,16 @@ def convert(src: str, dst: str, depth: Optional[int] = None, arch: Optional[str]
     meta = dict(source=src, format=fmt, sha256=sha256sum(src), arch=spec['arch'],
                 depth=spec['depth'],
                 **{k: spec[k] for k in ('groups', 'base_width') if k in spec},
-                converter=f'mmdet-eps {mmdet_eps.__version__} tools/convert_imagenet_ckpt.py')
+                converter=f'mmdet-eps {mmdet_eps.__version__} '
+                'tools/model_converters/convert_imagenet_ckpt.py')
     print(f'[3/{steps}] saving {len(out)} tensors')
-    os.makedirs(osp.dirname(dst), exist_ok=True)
-    tmp = osp.join(osp.dirname(dst), f'.{osp.basename(dst)}.{os.getpid()}.tmp')
-    tmp_file = open(tmp, 'xb')  # exclusive, so the cleanup below only removes our own file
-    try:
-        with tmp_file:
-            torch.save(dict(state_dict=out, meta=meta), tmp_file)
+    with atomic_output(dst) as tmp:
+        torch.save(dict(state_dict=out, meta=meta), tmp)
         if verify:
             print(f'[4/{steps}] verifying against the source network (conv={conv}, '
                   f'input 1x3x{input_size}x{input_size})')
             diff = verify_checkpoint(state, tmp, spec, conv, input_size)
             print(f'verify ok: max |diff| of the stage outputs = {diff:.3g}')
-        os.replace(tmp, dst)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
     print(f'wrote {dst}\nuse it as: backbone={backbone_cfg(spec, conv, dst)}')
     return meta
 
@@ -277,6 +273,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--depth', type=int, choices=sorted(set(DEPTHS.values())),
                         help='expected depth; another is refused')
     parser.add_argument('--arch', choices=ARCHS, help='expected family; another is refused')
+    parser.add_argument('--groups', type=int,
+                        help='expected ResNeXt groups (32 for 32x4d); another is refused')
+    parser.add_argument('--base-width', type=int,
+                        help='expected ResNeXt width per group (4 for 32x4d); another is refused')
     parser.add_argument('--verify', action='store_true',
                         help='check that the converted backbone computes what the source does')
     parser.add_argument('--conv', choices=CONVS, default='WSConv',
@@ -286,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         convert(args.src, args.dst, args.depth, args.arch, args.verify, args.force, args.conv,
-                args.input_size)
+                args.input_size, args.groups, args.base_width)
     except VerificationError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

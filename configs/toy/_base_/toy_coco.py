@@ -1,5 +1,5 @@
 _base_ = ['../../_base_/mmdet_eps.py']
-# The embedded toy COCO set written by tools/make_toy_coco.py (boxes and polygon masks).
+# The embedded toy COCO set written by tools/misc/make_toy_coco.py (boxes and polygon masks).
 dataset_type = 'CocoDataset'
 data_root = 'data/toy_coco/'
 classes = ('rectangle', 'ellipse', 'triangle', 'cross', 'star')

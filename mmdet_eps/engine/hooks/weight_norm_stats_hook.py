@@ -26,14 +26,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmdet.registry import HOOKS as MMDET_HOOKS
-from mmengine.registry import HOOKS
 from mmengine.hooks import Hook, LoggerHook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
+from mmengine.registry import HOOKS
 from torch import Tensor, nn
 
-from mmdet_eps.models.layers import (fan_in, filter_norm, get_norm_family, is_centered,
-                                     scale_divisor)
+from mmdet_eps.models.layers import fan_in, filter_norm, get_norm_family, is_centered, scale_divisor
 
 #: Prefix of every key the hook logs (``train/`` is added for the message hub).
 KEY_PREFIX = 'wn_stats'

@@ -4,14 +4,22 @@ from collections import Counter
 from typing import Dict, List, Optional
 
 from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_OPTIM_WRAPPER_CONSTRUCTORS
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from mmdet_eps.models.layers import get_norm_family
-from .eps_shifted_regularizer import (CORRECTION_KEY, EPS_KEY, FAMILY_KEY, LAMBDA_KEY,
-                                      MODE_KEY, MODES, apply_eps_shift)
+
+from .eps_shifted_regularizer import (
+    CORRECTION_KEY,
+    EPS_KEY,
+    FAMILY_KEY,
+    LAMBDA_KEY,
+    MODE_KEY,
+    MODES,
+    apply_eps_shift,
+)
 
 _EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0, std='population')
 #: Optimizers whose own ``weight_decay`` is decoupled from the gradient: ``mode='auto'`` gives

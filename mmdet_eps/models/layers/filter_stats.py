@@ -55,7 +55,7 @@ def filter_norm(weight: Tensor, centered: bool) -> Tensor:
 
 
 def unit_filters(weight: Tensor, centered: bool) -> Tensor:
-    """``sqrt(n) u / ||u||`` per filter (0 for a filter with ``u = 0``), computed from ``weight``."""
+    """``sqrt(n) u / ||u||`` per filter (0 where ``u = 0``), computed from ``weight``."""
     weight = weight.detach()
     if centered:
         tiny = torch.finfo(weight.dtype).tiny

@@ -11,7 +11,7 @@ the family's scale is ``||u|| / sqrt(D)``:
 The layers normalize by this scale (plus their ``eps``), the ε-shifted regularizer shifts it
 towards ε and the stability hook watches it, so the three can never disagree.
 """
-from typing import Optional
+from typing import Optional, Type, Union
 
 from mmcv.cnn.bricks.conv_ws import ConvAWS2d, ConvWS2d
 from torch import nn
@@ -44,15 +44,17 @@ def scale_divisor(family: str, n: int, correction: int = 0) -> int:
     return 1
 
 
-def get_norm_family(module: nn.Module) -> Optional[str]:
-    """The family of ``module``'s normalized ``weight``, or None for an ordinary module.
+def get_norm_family(module: Union[nn.Module, Type[nn.Module]]) -> Optional[str]:
+    """The family of ``module``'s normalized ``weight`` (a module or a module class), or None for
+    an ordinary one.
 
-    The optimizer constructor and the stability hook ask this, never the tensor rank, so plain
-    FPN/RPN/head convs keep ordinary weight decay.
+    The optimizer constructor, the stability hook and the bake tool ask this, never the tensor
+    rank, so plain FPN/RPN/head convs keep ordinary weight decay.
     """
     family = getattr(module, 'norm_family', None)
-    if family is not None:
+    if family:
         return family
-    if isinstance(module, (ConvWS2d, ConvAWS2d)):
+    cls = module if isinstance(module, type) else type(module)
+    if issubclass(cls, (ConvWS2d, ConvAWS2d)):
         return 'ws'
     return None

@@ -15,7 +15,7 @@ from typing import Tuple, Union
 import torch
 from mmcv.ops import RoIAlign
 from mmdet.registry import MODELS
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def _interp_matrix(start: Tensor, length: Tensor, out: int, size: int,

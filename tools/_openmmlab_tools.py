@@ -1,24 +1,30 @@
-"""Run one of mmdet's own command-line tools with mmdet-eps registered first.
+"""Run one of an OpenMMLab package's own command-line tools with mmdet-eps registered first.
 
-mmdet ships its ``tools/`` inside the wheel (``mmdet/.mim/tools``, what ``mim train`` runs), so
-our train/test scripts are those scripts, flag for flag, rather than copies of them.
+mmdet and mmpretrain ship their ``tools/`` inside the wheel (``<package>/.mim/tools``, what
+``mim train`` runs), so our train/test scripts are those scripts, flag for flag, rather than
+copies of them.
 """
+import importlib.util
 import os.path as osp
 import runpy
 import sys
 
-import mmdet
 import torch.distributed as torch_dist
 
 import mmdet_eps  # noqa: F401  registers our modules and safe checkpoint loading
 
 
-def run_mmdet_tool(name: str) -> None:
-    """Execute ``mmdet/.mim/tools/<name>`` as ``__main__`` with the current ``sys.argv``, then
-    release the distributed process group if the tool started one."""
-    path = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', name)
+def run_tool(package: str, name: str) -> None:
+    """Execute ``<package>/.mim/tools/<name>`` (package: 'mmdet' or 'mmpretrain') as
+    ``__main__`` with the current ``sys.argv``, then release the distributed process group if
+    the tool started one."""
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        extra = " (pip install -e '.[pretrain]')" if package == 'mmpretrain' else ''
+        raise ModuleNotFoundError(f'{package} is not installed{extra}')
+    path = osp.join(spec.submodule_search_locations[0], '.mim', 'tools', name)
     if not osp.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: reinstall mmdet 3.3 from its wheel')
+        raise FileNotFoundError(f'{path} is missing: reinstall {package} from its wheel')
     sys.argv[0] = path
     try:
         runpy.run_path(path, run_name='__main__')
