@@ -8,9 +8,11 @@ every candidate so that the CPU dispatches what a GPU would), in train mode. Can
 initial weights:
 
 - ``plain`` (baseline): mmdet's ResNet-50, mmengine's default constructor.
-- ``ws``: ``WSResNet`` (grouped per stage, the default), default constructor (plain decay).
+- ``ws``: ``WSResNet`` (default ``group_by='auto'``: one process, so grouped over the whole
+  backbone), default constructor (plain decay).
 - ``ws_eps``: ``WSResNet`` + ``EpsShiftedOptimWrapperConstructor`` - the goal's candidate.
-- ``ws_eps_backbone``: the same with ``group_by='backbone'`` (fewest groups, no DDP overlap).
+- ``ws_eps_stage``: the same with ``group_by='stage'``, what ``'auto'`` gives a DDP run (one node
+  per stage, so a stage's gradients can be all-reduced while earlier stages run backward).
 - ``ws_eps_per_conv``: the same with ``group_by=None`` (every conv alone, as before grouping).
 - ``mmcv_convws``: mmdet's ResNet with mmcv's ``ConvWS2d``, default constructor.
 
@@ -33,9 +35,9 @@ SGD = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4, foreach=True)
 EPS = 1e-3
 LABELS = {
     'plain': 'ResNet-50, plain convs + SGD',
-    'ws': 'WSResNet-50 (grouped per stage) + SGD',
+    'ws': 'WSResNet-50 (default grouping) + SGD',
     'ws_eps': 'WSResNet-50 + ε-shifted SGD (constructor)',
-    'ws_eps_backbone': "  same, group_by='backbone'",
+    'ws_eps_stage': "  same, group_by='stage' (DDP's)",
     'ws_eps_per_conv': '  same, group_by=None (per conv)',
     'mmcv_convws': 'mmcv ConvWS2d + SGD',
 }
@@ -43,15 +45,15 @@ LABELS = {
 
 def build(name: str, pkg, depth: int, width: int, frozen: int) -> nn.Module:
     """The backbone of candidate ``name``."""
-    group_by = {'ws_eps_backbone': 'backbone', 'ws_eps_per_conv': None}.get(name, 'stage')
+    group_by = {'ws_eps_stage': 'stage', 'ws_eps_per_conv': None}.get(name, 'auto')
     if pkg.torch_only:
         conv = {'plain': nn.Conv2d, 'mmcv_convws': MMCVStyleConvWS2d}.get(name, pkg.WSConv)
         model = TorchResNet(depth, conv, width)
-        regions = {'stage': [model.layer1, model.layer2, model.layer3, model.layer4],
-                   'backbone': [model], None: []}[group_by]
+        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+        regions = {'stage': [(model, [model.conv1, model.layer1])] + stages[1:],
+                   'auto': [model], None: []}[group_by]  # 'auto' in one process: 'backbone'
         model.filter_groups = pkg.group_normalized_convs(regions)
         if frozen >= 0:  # as mmdet's ResNet._freeze_stages: the stem, then stages 1..frozen
-            stages = [model.layer1, model.layer2, model.layer3, model.layer4]
             for module in [model.conv1, model.bn1] + stages[:frozen]:
                 module.eval().requires_grad_(False)
         return model

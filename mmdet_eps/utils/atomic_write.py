@@ -1,4 +1,5 @@
-"""Atomic file output for the tools: a file is either complete or absent, never half-written.
+"""Atomic file output for the tools: a file is either complete or absent, never half-written;
+and the checksum they record of their inputs.
 
 Every output goes to a temporary file beside its destination (so the rename stays on one file
 system), is flushed to disk, then renamed over the destination with ``os.replace``. A failure
@@ -6,6 +7,7 @@ at any point, including a check of the temporary file, removes the temporary fil
 destination as it was.
 """
 import contextlib
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -46,3 +48,12 @@ def write_atomic(path: PathLike, data: Union[bytes, str]) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, 'wb') as f:
             f.write(data)
+
+
+def sha256sum(path: PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (the digest tools record with outputs)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()

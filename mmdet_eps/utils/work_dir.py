@@ -5,12 +5,13 @@ Each launch of a run (a resumed training adds one) writes a ``<YYYYmmdd_HHMMSS>`
 iteration or evaluation, keyed as logged (with mmengine's ``train/``/``val/``/``test/`` prefix
 under ``log_with_hierarchy``) plus ``step``.
 """
+import argparse
 import json
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Sequence, Union
 
 TIMESTAMP_RE = re.compile(r'\d{8}_\d{6}')
 MODE_PREFIXES = ('train/', 'val/', 'test/')
@@ -65,3 +66,23 @@ def strip_mode(key: str) -> str:
         if key.startswith(prefix):
             return key[len(prefix):]
     return key
+
+
+def runs_parser(description: str, metavar: str) -> argparse.ArgumentParser:
+    """A command line taking one or more run folders (``args.runs``) and ``--names``, one per
+    run: what the tools that compare runs share; see :func:`parse_runs`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('runs', nargs='+', metavar=metavar)
+    parser.add_argument('--names', nargs='+',
+                        help=f'a name per {metavar} (default: the folder names)')
+    return parser
+
+
+def parse_runs(parser: argparse.ArgumentParser,
+               argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv``; ``args.names`` is one name (or None) per run."""
+    args = parser.parse_args(argv)
+    if args.names and len(args.names) != len(args.runs):
+        parser.error(f'--names got {len(args.names)} names for {len(args.runs)} runs')
+    args.names = args.names or [None] * len(args.runs)
+    return args

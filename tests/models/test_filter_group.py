@@ -30,7 +30,7 @@ def _outputs_and_grads(model, x):
     return outs, [p.grad for p in model.parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize('group_by', ['stage', 'backbone', None])
+@pytest.mark.parametrize('group_by', ['auto', 'stage', 'backbone', None])
 @pytest.mark.parametrize('depth', [18, 50])
 def test_grouped_backbone_equals_mmcv_convws(group_by, depth):
     ours, ref = _pair(group_by, depth)
@@ -58,8 +58,9 @@ def _normalize_nodes(model, x):
 def test_one_autograd_node_per_region():
     x = torch.randn(2, 3, 32, 32)
     stage = WSResNet(depth=50, base_channels=4, group_by='stage')
-    assert [len(g.groups) for g in stage.filter_groups] == [3, 4, 4, 4]  # filter shapes
-    assert _normalize_nodes(stage, x) == 4 + 1  # one per stage, + the stem conv alone
+    # filter shapes per region; the stem joins the first stage
+    assert [len(g.groups) for g in stage.filter_groups] == [1 + 3, 4, 4, 4]
+    assert _normalize_nodes(stage, x) == 4  # one per stage
     backbone = WSResNet(depth=50, base_channels=4, group_by='backbone')
     assert [len(g.groups) for g in backbone.filter_groups] == [11]
     assert _normalize_nodes(backbone, x) == 1
@@ -162,9 +163,17 @@ def test_channels_last_and_autocast_match_the_per_conv_path():
     assert all(torch.isfinite(p.grad).all() for p in grouped.parameters() if p.grad is not None)
 
 
-def test_group_by_is_validated():
+def test_group_by_is_validated_and_auto_is_backbone_in_one_process():
     with pytest.raises(ValueError, match='group_by'):
         WSResNet(depth=18, group_by='layer')
+    assert WSResNet(depth=18, base_channels=8).group_by == 'backbone'
+
+
+def test_auto_groups_per_stage_in_a_distributed_run(monkeypatch):
+    from mmdet_eps.models.backbones import ws_resnet
+    monkeypatch.setattr(ws_resnet.dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(ws_resnet.dist, 'get_world_size', lambda: 2)
+    assert WSResNet(depth=18, base_channels=8).group_by == 'stage'
 
 
 def test_grouping_cuts_the_ops_of_a_thin_resnet50():

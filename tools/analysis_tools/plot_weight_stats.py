@@ -34,7 +34,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg canvas, no py
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mmdet_eps.utils import LogFormatError, read_json_lines, scalars_files, strip_mode, write_atomic
+from mmdet_eps.utils import (
+    LogFormatError,
+    parse_runs,
+    read_json_lines,
+    runs_parser,
+    scalars_files,
+    strip_mode,
+    write_atomic,
+)
 
 PREFIX = 'wn_stats/'
 EFF_LR, MAX_INV_STD = f'{PREFIX}eff_lr', f'{PREFIX}max_inv_std'
@@ -200,23 +208,16 @@ def write_plots(runs: Sequence[RunStats], out_dir: Union[str, os.PathLike]) -> L
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('runs', nargs='+', metavar='RUN_DIR')
-    parser.add_argument('--names', nargs='+', help='a legend name per RUN_DIR (default: '
-                        'folder names)')
+    parser = runs_parser(__doc__.split('\n')[0], 'RUN_DIR')
     parser.add_argument('--out', help='output folder (default: the first RUN_DIR)')
-    args = parser.parse_args(argv)
-    if args.names and len(args.names) != len(args.runs):
-        parser.error(f'--names got {len(args.names)} names for {len(args.runs)} runs')
-    return args
+    return parse_runs(parser, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Load every run first, then plot; 1 with a message on a :class:`PlotError`."""
     args = parse_args(argv)
-    names = args.names or [None] * len(args.runs)
     try:
-        runs = [load_stats(run, name) for run, name in zip(args.runs, names)]
+        runs = [load_stats(run, name) for run, name in zip(args.runs, args.names)]
         out = args.out
         if out is None:
             first = Path(args.runs[0])

@@ -37,7 +37,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mmdet_eps.utils import LogFormatError, launch_dirs, read_json_lines, strip_mode, write_atomic
+from mmdet_eps.utils import (
+    LogFormatError,
+    launch_dirs,
+    parse_runs,
+    read_json_lines,
+    runs_parser,
+    strip_mode,
+    write_atomic,
+)
 
 METRIC_PREFIX = 'coco/'
 # (table column, CocoMetric key without its 'coco/' prefix)
@@ -281,25 +289,19 @@ def write_report(runs: Sequence[Run], out_dir: Union[str, os.PathLike],
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('work_dirs', nargs='+', metavar='WORK_DIR')
+    parser = runs_parser(__doc__.split('\n')[0], 'WORK_DIR')
     parser.add_argument('--baseline', metavar='WORK_DIR_OR_NAME',
                         help='run the deltas are taken against (default: the first)')
-    parser.add_argument('--names', nargs='+', help='a name per WORK_DIR (default: basenames)')
     parser.add_argument('--out-dir', help='where to write the report (default: first WORK_DIR)')
-    args = parser.parse_args(argv)
-    if args.names and len(args.names) != len(args.work_dirs):
-        parser.error(f'--names got {len(args.names)} names for {len(args.work_dirs)} work dirs')
-    return args
+    return parse_runs(parser, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Load the runs, print the markdown table and write the report; 1 on a ReportError."""
     args = parse_args(argv)
-    names = args.names or [None] * len(args.work_dirs)
     try:
-        runs = [load_run(work_dir, name) for work_dir, name in zip(args.work_dirs, names)]
-        paths = write_report(runs, args.out_dir or args.work_dirs[0], args.baseline)
+        runs = [load_run(work_dir, name) for work_dir, name in zip(args.runs, args.names)]
+        paths = write_report(runs, args.out_dir or args.runs[0], args.baseline)
     except ReportError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -20,7 +20,6 @@ Example::
         checkpoints/ws_r50.pth --depth 50 --arch resnet --verify
 """
 import argparse
-import hashlib
 import logging
 import os.path as osp
 import sys
@@ -36,7 +35,7 @@ from mmengine.runner.checkpoint import load_state_dict
 from torch import Tensor
 
 import mmdet_eps
-from mmdet_eps.utils import UnsafeCheckpointError, atomic_output, safe_load
+from mmdet_eps.utils import UnsafeCheckpointError, atomic_output, safe_load, sha256sum
 
 #: (block class name, blocks per stage) -> depth, from mmdet's ResNet.arch_settings.
 DEPTHS = {(block.__name__, tuple(stages)): depth
@@ -161,15 +160,6 @@ def to_mmdet(state: Dict[str, Tensor], spec: Spec) -> Tuple['OrderedDict[str, Te
     added = sum(k not in state for k in expected)
     out = OrderedDict((k, state[k] if k in state else torch.tensor(0)) for k in expected)
     return out, added
-
-
-def sha256sum(path: str) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def backbone_cfg(spec: Spec, conv: str = 'WSConv', checkpoint: Optional[str] = None) -> dict:

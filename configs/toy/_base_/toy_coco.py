@@ -4,6 +4,7 @@ dataset_type = 'CocoDataset'
 data_root = 'data/toy_coco/'
 classes = ('rectangle', 'ellipse', 'triangle', 'cross', 'star')
 img_scale = (160, 128)
+toy_dataset = dict(type=dataset_type, data_root=data_root, metainfo=dict(classes=classes))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -26,9 +27,7 @@ train_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=True),
     batch_sampler=dict(type='AspectRatioBatchSampler'),
     dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=dict(classes=classes),
+        **toy_dataset,
         ann_file='annotations/instances_train2017.json',
         data_prefix=dict(img='train2017/'),
         filter_cfg=dict(filter_empty_gt=True, min_size=4),
@@ -40,9 +39,7 @@ val_dataloader = dict(
     drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=dict(classes=classes),
+        **toy_dataset,
         ann_file='annotations/instances_val2017.json',
         data_prefix=dict(img='val2017/'),
         test_mode=True,

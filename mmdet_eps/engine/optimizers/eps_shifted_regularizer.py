@@ -128,7 +128,9 @@ def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: s
         foreach = params[0].device.type != 'cpu'
     centered = is_centered(family)
     units = [take_unit_filters(p, centered) for p in params]
-    coefs = [unit_coefficient(p, family, eps, lam, correction) for p in params]
+    by_shape = {}  # many weights share a filter shape: one coefficient each
+    coefs = [by_shape.get(p.shape[1:]) or by_shape.setdefault(
+        p.shape[1:], unit_coefficient(p, family, eps, lam, correction)) for p in params]
     impl = _multi_tensor_eps_shift if foreach else _single_tensor_eps_shift
     impl(params, units, coefs, lam, mode == 'decoupled', lr, opt_decay)
 

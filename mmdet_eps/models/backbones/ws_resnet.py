@@ -6,16 +6,22 @@ kernels per group instead of a few per conv.
 """
 from typing import List, Optional
 
+import torch.distributed as dist
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
-from torch import nn
 
 from mmdet_eps.models.layers import FilterGroups, group_normalized_convs
 
-#: ``'stage'``: one set of groups per residual stage (DDP overlap kept); ``'backbone'``: one for
-#: the whole backbone (fewest groups); None: every conv normalizes itself.
-GROUP_BY = ('stage', 'backbone', None)
+#: ``'stage'``: one autograd node per residual stage (the stem joins the first), so DDP still
+#: overlaps; ``'backbone'``: one for the whole backbone (fewest ops); None: every conv alone;
+#: ``'auto'``: ``'stage'`` when built in a distributed run of several processes, else
+#: ``'backbone'``.
+GROUP_BY = ('auto', 'stage', 'backbone', None)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class _GroupedNormMixin:
@@ -25,10 +31,14 @@ class _GroupedNormMixin:
         if group_by not in GROUP_BY:
             raise ValueError(f'{type(self).__name__}: group_by must be one of {GROUP_BY}, '
                              f'got {group_by!r}')
+        if group_by == 'auto':
+            group_by = 'stage' if _distributed() else 'backbone'
         self.group_by = group_by
-        regions: List[nn.Module] = []
+        regions: list = []
         if group_by == 'stage':
-            regions = [getattr(self, name) for name in self.res_layers]
+            stages = [getattr(self, name) for name in self.res_layers]
+            stem = [getattr(self, 'stem' if self.deep_stem else 'conv1')]
+            regions = [(self, stem + stages[:1])] + stages[1:]
         elif group_by == 'backbone':
             regions = [self]
         self.filter_groups: List[FilterGroups] = group_normalized_convs(regions)
@@ -44,16 +54,17 @@ class WSResNet(_GroupedNormMixin, ResNet):
 
     Args:
         conv_cfg (dict, optional): Conv layer config. Defaults to ``dict(type='WSConv')``.
-        group_by (str, optional): How the normalized convs are batched: ``'stage'`` (one
-            autograd node per filter shape and stage, so DDP can all-reduce a stage's gradients
-            while earlier stages run their backward), ``'backbone'`` (per filter shape over the
-            whole backbone: fewest ops) or None (each conv alone). The stem conv normalizes
-            itself under ``'stage'``. Defaults to ``'stage'``.
+        group_by (str, optional): How the normalized convs are batched (per filter shape, one
+            autograd node per region): ``'stage'`` (a region per residual stage, the stem with
+            the first: DDP all-reduces a stage's gradients while earlier stages run their
+            backward), ``'backbone'`` (one region: fewest ops), None (each conv alone) or
+            ``'auto'`` (``'stage'`` if built in a distributed run of several processes, else
+            ``'backbone'``). Defaults to ``'auto'``.
         *args, **kwargs: As mmdet's ``ResNet``.
     """
 
     def __init__(self, *args, conv_cfg: Optional[ConfigType] = None,
-                 group_by: Optional[str] = 'stage', **kwargs) -> None:
+                 group_by: Optional[str] = 'auto', **kwargs) -> None:
         super().__init__(*args, conv_cfg=_ws_conv_cfg(conv_cfg), **kwargs)
         self._group_convs(group_by)
 
@@ -64,11 +75,11 @@ class WSResNeXt(_GroupedNormMixin, ResNeXt):
 
     Args:
         conv_cfg (dict, optional): Conv layer config. Defaults to ``dict(type='WSConv')``.
-        group_by (str, optional): As :class:`WSResNet`. Defaults to ``'stage'``.
+        group_by (str, optional): As :class:`WSResNet`. Defaults to ``'auto'``.
         *args, **kwargs: As mmdet's ``ResNeXt``.
     """
 
     def __init__(self, *args, conv_cfg: Optional[ConfigType] = None,
-                 group_by: Optional[str] = 'stage', **kwargs) -> None:
+                 group_by: Optional[str] = 'auto', **kwargs) -> None:
         super().__init__(*args, conv_cfg=_ws_conv_cfg(conv_cfg), **kwargs)
         self._group_convs(group_by)

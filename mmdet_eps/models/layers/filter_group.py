@@ -13,7 +13,7 @@ Cutting regions per stage keeps DDP's overlap: a stage's weight gradients are co
 that stage's backward is done, while earlier stages still run theirs.
 """
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -84,12 +84,16 @@ class FilterGroups:
 
     Args:
         region (nn.Module): The module whose forward brackets the normalization.
+        members (Sequence[nn.Module], optional): The modules whose convs are grouped, all run
+            within ``region``'s forward. Defaults to None: ``region`` itself.
     """
 
-    def __init__(self, region: nn.Module) -> None:
+    def __init__(self, region: nn.Module,
+                 members: Optional[Sequence[nn.Module]] = None) -> None:
         by_key: 'OrderedDict[tuple, List[NormalizedConv2d]]' = OrderedDict()
-        if not any(getattr(m, 'with_cp', False) for m in region.modules()):
-            for module in region.modules():
+        modules = [m for member in (members or [region]) for m in member.modules()]
+        if not any(getattr(m, 'with_cp', False) for m in modules):
+            for module in modules:
                 if isinstance(module, NormalizedConv2d) and module.groupable:
                     by_key.setdefault(module.group_key(), []).append(module)
         self.groups = [FilterGroup(convs) for convs in by_key.values()]
@@ -125,7 +129,11 @@ class FilterGroups:
             group.dissolve()
 
 
-def group_normalized_convs(regions: Sequence[nn.Module]) -> List[FilterGroups]:
-    """Attach :class:`FilterGroups` to each region (those with no normalized conv get none)."""
-    attached = [FilterGroups(region) for region in regions]
+def group_normalized_convs(
+        regions: Sequence[Union[nn.Module, Tuple[nn.Module, Sequence[nn.Module]]]]
+) -> List[FilterGroups]:
+    """Attach :class:`FilterGroups` to each region, given as a module or as ``(module, members)``
+    (regions with no normalized conv get none)."""
+    attached = [FilterGroups(*region) if isinstance(region, tuple) else FilterGroups(region)
+                for region in regions]
     return [groups for groups in attached if groups.groups]

@@ -1,0 +1,737 @@
+"""GPU end-to-end check (issue 11): training-iteration time of the paper's detectors, baseline vs
+WS vs WS + ε-shifted L2, fp32 and AMP, with correctness checks on the device and a profile.
+
+Run by ``benchmarks/gpu_e2e.sh`` (which installs the stack on the GPU machine first); it needs
+mmdet, mmcv with ops and ``mmdet_eps`` importable. Sections, each written to the JSON as soon as it
+is done (a run cut short keeps what it finished):
+
+1. ``eps_step``: one training step of ``cascade_rcnn_ws_eps_r50`` on the device; every normalized
+   weight's update equals ``-lr (g + λ∇R)`` of the paper's formula computed in float64 on the CPU
+   (and not the plain-decay update); ``eps_shifted_grad`` on the device equals it too.
+2. ``timing``: ``model.train_step(batch, optim_wrapper)`` (preprocessing, forward, losses,
+   backward, step, as the runner runs it minus data loading) of the Cascade, Faster and Mask
+   R-CNN R-50 triples of ``configs/``, built with random init (``backbone.init_cfg=None``; every
+   other setting kept: frozen stage, frozen BN, the optimizer wrapper), on a fixed synthetic
+   COCO-size batch of 2 images with boxes (and masks), interleaved rounds after warm-up, in fp32
+   and AMP (``AmpOptimWrapper``, CUDA only). The three models of a detector share their weights;
+   the BN statistics of the random backbone are calibrated once on the batch (what a pretrained
+   checkpoint provides; frozen fresh BN makes a WS backbone overflow). lr is capped at 0.002 so
+   that repeated steps on one batch stay finite.
+3. ``profile``: one ``torch.profiler`` iteration per Cascade variant: backbone forward, backbone
+   backward (the autograd nodes of the backbone's forward ops), the normalization ops among
+   them (everything in the backbone but convolutions, activation batch norms, ReLU, additions and
+   pooling), the optimizer step pre-hooks (the ε-shift), the rest of the step, the rest.
+4. ``loss_decreases``, ``stats_hook_logs``, ``coco_eval``: ``tools/train.py`` trains
+   ``cascade_rcnn_ws_eps_r50`` for a few dozen iterations on a synthetic COCO-layout set written
+   here (with ``WeightNormStatsHook``, constant lr, ``auto_scale_lr`` for batch 2, from the
+   calibrated random init), then ``tools/test.py`` evaluates the checkpoint with mmdet's
+   ``CocoMetric``.
+
+``--smoke`` shrinks the images, the proposals and sampled RoIs per image (64 and 32 instead of
+mmdet's 1000-2000 and 512), the synthetic set, the rounds and the iterations, so that the whole
+script runs on a CPU in about two minutes: a test of the script, not a measurement.
+"""
+import argparse
+import copy
+import glob
+import json
+import os
+import os.path as osp
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = osp.dirname(osp.abspath(__file__))
+sys.path.insert(0, HERE)
+from _common import REPO, environment, interleaved, write_json  # noqa: E402
+
+ARCHS = ('cascade_rcnn', 'faster_rcnn', 'mask_rcnn')
+ARCH_NAMES = dict(cascade_rcnn='Cascade R-CNN', faster_rcnn='Faster R-CNN',
+                  mask_rcnn='Mask R-CNN')
+VARIANTS = ('baseline', 'ws', 'ws_eps')
+VARIANT_NAMES = dict(baseline='R-50', ws='WS R-50', ws_eps='WS+ε R-50')
+CONFIGS = dict(baseline='{}_r50.py', ws='{}_ws_r50.py', ws_eps='{}_ws_eps_r50.py')
+#: Goals of the issue: (candidate, reference, max ratio).
+GOALS = (('ws_eps', 'baseline', 1.03), ('ws_eps', 'ws', 1.01))
+LR_CAP = 0.002
+#: Large lr and λ for the ε-step check, so that the term dominates float32 rounding of W.
+CHECK_LR, CHECK_LAMBDA = 0.5, 0.1
+STEP_TOL = 1e-4
+#: ``--smoke``: proposals per image and RoIs sampled per image and stage (mmdet: 1000-2000, 512).
+SMOKE_PROPOSALS, SMOKE_ROIS = 64, 32
+#: The top-level forward ops of a plain ResNet (batch norm: on 4-D activations); anything else
+#: in a WS backbone's forward is its weight normalization.
+PLAIN_BACKBONE_OPS = frozenset([
+    'aten::conv2d', 'aten::convolution', 'aten::_convolution', 'aten::relu', 'aten::relu_',
+    'aten::add', 'aten::add_', 'aten::max_pool2d', 'aten::max_pool2d_with_indices',
+    'aten::batch_norm'])
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--smoke', action='store_true', help='tiny sizes: tests the script')
+    parser.add_argument('--out', required=True, help='folder for gpu_e2e.json / gpu_e2e.md')
+    parser.add_argument('--work', required=True, help='scratch folder (data, work dirs)')
+    parser.add_argument('--archs', nargs='+', choices=ARCHS, default=list(ARCHS))
+    parser.add_argument('--rounds', type=int, default=None, help='timed rounds (upper bound)')
+    parser.add_argument('--warmup', type=int, default=None, help='untimed rounds')
+    parser.add_argument('--check-iters', type=int, default=None,
+                        help='tools/train.py iterations of the loss check')
+    parser.add_argument('--deadline', type=float, default=None,
+                        help='unix time by which everything must be written; rounds shrink')
+    parser.add_argument('--build-info', default=None, help='JSON written by gpu_e2e.sh')
+    parser.add_argument('--commit', default='unknown')
+    return parser.parse_args(argv)
+
+
+class Settings:
+    """Sizes of a run: COCO-size on the GPU, tiny with ``--smoke``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        smoke = args.smoke
+        self.image_shapes = [(3, 96, 128), (3, 96, 112)] if smoke else [(3, 800, 1333),
+                                                                         (3, 800, 1067)]
+        self.num_boxes = [3, 5]
+        self.rounds = args.rounds or (1 if smoke else 20)
+        self.min_rounds = 1 if smoke else 5
+        self.warmup = args.warmup or (1 if smoke else 3)
+        self.check_iters = args.check_iters or (6 if smoke else 40)
+        self.set_size = (160, 128) if smoke else (1333, 800)
+        self.num_train, self.num_val = (4, 2) if smoke else (32, 8)
+        self.precisions = ['fp32'] + (['amp'] if args.device.startswith('cuda') else [])
+        #: Seconds kept for the profile and the tools checks when rounds are sized.
+        self.reserve_s = 20 if smoke else 150
+
+    def as_dict(self) -> Dict:
+        return dict(vars(self))
+
+
+# --------------------------------------------------------------------------- building
+
+def load_config(arch: str, variant: str, smoke: bool):
+    """The project's config of ``arch`` x ``variant``, with a random-init backbone; with
+    ``smoke``, fewer proposals and sampled RoIs (the heads' cost on a CPU), same layers."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(REPO, 'configs', CONFIGS[variant].format(arch)))
+    cfg.model.backbone.init_cfg = None
+    if smoke:
+        train, test = cfg.model.train_cfg, cfg.model.test_cfg
+        train.rpn_proposal.update(nms_pre=SMOKE_PROPOSALS, max_per_img=SMOKE_PROPOSALS)
+        test.rpn.update(nms_pre=SMOKE_PROPOSALS, max_per_img=SMOKE_PROPOSALS)
+        for stage in train.rcnn if isinstance(train.rcnn, (list, tuple)) else [train.rcnn]:
+            stage.sampler.num = SMOKE_ROIS
+        test.rcnn.max_per_img = SMOKE_ROIS
+    return cfg
+
+
+def build_model(cfg, device: str) -> nn.Module:
+    from mmdet.registry import MODELS
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    model.init_weights()
+    return model.to(device).train()
+
+
+def optim_cfg(cfg, precision: str, lr_cap: Optional[float] = LR_CAP) -> Dict:
+    """The config's optimizer wrapper, as ``tools/train.py --amp`` would change it for AMP."""
+    optim = copy.deepcopy(cfg.optim_wrapper.to_dict())
+    if lr_cap is not None:
+        optim['optimizer']['lr'] = min(optim['optimizer']['lr'], lr_cap)
+    if precision == 'amp':
+        optim.update(type='AmpOptimWrapper', loss_scale='dynamic')
+    return optim
+
+
+def build_wrapper(model: nn.Module, optim: Dict):
+    from mmengine.optim import build_optim_wrapper
+    return build_optim_wrapper(model, copy.deepcopy(optim))
+
+
+def make_batch(settings: Settings, with_mask: bool) -> Dict:
+    """Two synthetic images of COCO training size with a few boxes (and bitmap masks) each."""
+    from mmdet.testing import demo_mm_inputs
+    return demo_mm_inputs(batch_size=len(settings.image_shapes),
+                          image_shapes=settings.image_shapes, num_items=settings.num_boxes,
+                          num_classes=80, with_mask=with_mask)
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batch: Dict) -> None:
+    """Set the BN running statistics of a random backbone from the batch (momentum None: the
+    plain average), then restore the config's train mode (frozen stages, ``norm_eval``)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    data = model.data_preprocessor(batch, False)
+    model.extract_feat(data['inputs'])
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    model.train()
+
+
+def build_triple(arch: str, device: str, batch: Dict, smoke: bool) -> Tuple[Dict, Dict]:
+    """The three variants of ``arch`` with the same weights and calibrated BN."""
+    cfgs = {v: load_config(arch, v, smoke) for v in VARIANTS}
+    torch.manual_seed(0)
+    models = {v: build_model(cfgs[v], device) for v in VARIANTS}
+    state = models['baseline'].state_dict()
+    for v in VARIANTS:
+        models[v].load_state_dict(state)
+        calibrate_bn(models[v], batch)
+    return cfgs, models
+
+
+def sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- 1. ε-step check
+
+def paper_ws_grad(w: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
+    """λ∇R of the ε-shifted term for WS in float64: λ((1 - ε/v) W + (ε/v) m) per filter, v the
+    population std (paper Eq. 28)."""
+    f = w.reshape(w.shape[0], -1)
+    m = f.mean(1, keepdim=True)
+    v = f.std(1, unbiased=False, keepdim=True)
+    return (lam * ((1 - eps / v) * f + (eps / v) * m)).view_as(w)
+
+
+def check_eps_step(device: str, settings: Settings, smoke: bool) -> Dict:
+    """One step of the ws_eps Cascade R-CNN on ``device`` against the float64 CPU reference."""
+    from mmdet_eps.engine.optimizers import eps_shifted_grad
+    from mmdet_eps.models.layers import get_norm_family
+    cfg = load_config('cascade_rcnn', 'ws_eps', smoke)
+    batch = make_batch(settings, with_mask=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    calibrate_bn(model, batch)
+    optim = optim_cfg(cfg, 'fp32', lr_cap=None)
+    optim['optimizer'].update(lr=CHECK_LR, weight_decay=CHECK_LAMBDA)
+    eps = optim['paramwise_cfg']['eps_shift']['eps']
+    wrapper = build_wrapper(model, optim)
+    weights = [m.weight for _, m in model.named_modules()
+               if get_norm_family(m) == 'ws' and m.weight.requires_grad]
+    # train_step, split at the step to read the gradients it steps with
+    with wrapper.optim_context(model):
+        data = model.data_preprocessor(batch, True)
+        losses = model(**data, mode='loss')
+    loss, _ = model.parse_losses(losses)
+    wrapper.backward(loss)
+    before = [(w.detach().double().cpu(), w.grad.detach().double().cpu()) for w in weights]
+    grad_err = max(rel_err(eps_shifted_grad(w.detach(), 'ws', eps, CHECK_LAMBDA),
+                           paper_ws_grad(w0, eps, CHECK_LAMBDA))
+                   for w, (w0, _) in zip(weights, before))
+    wrapper.step()
+    sync(device)
+    num = den = num_plain = 0.
+    for w, (w0, g0) in zip(weights, before):
+        step = w.detach().double().cpu() - w0
+        expected = -CHECK_LR * (g0 + paper_ws_grad(w0, eps, CHECK_LAMBDA))
+        plain = -CHECK_LR * (g0 + CHECK_LAMBDA * w0)
+        num = max(num, (step - expected).abs().max().item())
+        num_plain = max(num_plain, (step - plain).abs().max().item())
+        den = max(den, expected.abs().max().item())
+    step_err, plain_err = num / den, num_plain / den
+    ok = bool(step_err < STEP_TOL and grad_err < STEP_TOL and plain_err > 10 * step_err)
+    return dict(ok=ok, device=device, weights=len(weights), eps=eps, lr=CHECK_LR,
+                lam=CHECK_LAMBDA, step_rel_err=step_err, plain_decay_rel_err=plain_err,
+                eps_shifted_grad_rel_err=grad_err, tolerance=STEP_TOL,
+                detail=f'{len(weights)} WS weights: step error {step_err:.1e}, '
+                       f'eps_shifted_grad error {grad_err:.1e} (tolerance {STEP_TOL:g}); '
+                       f'the plain-decay update is {plain_err:.1e} away')
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double().cpu()
+    return ((a.double().cpu() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
+
+
+# --------------------------------------------------------------------------- 2. timing
+
+def paired_ratio(times: List[float], base: List[float]) -> Dict:
+    ratios = sorted(t / b for t, b in zip(times, base))
+    q = statistics.quantiles(ratios, n=4, method='inclusive') if len(ratios) > 1 else ratios * 3
+    return dict(ratio=statistics.median(ratios), q1=q[0], q3=q[2])
+
+
+def time_triple(arch: str, precision: str, models: Dict, wrappers: Dict, batch: Dict,
+                settings: Settings, device: str, budget_s: Optional[float]) -> Dict:
+    """Interleaved ``train_step`` rounds of the three variants; rounds fit ``budget_s``."""
+    losses: Dict[str, float] = {}
+
+    def step(v: str) -> Callable[[], None]:
+        def run() -> None:
+            torch.manual_seed(1)  # the same proposal / RoI sampling draws for every variant
+            loss = models[v].train_step(batch, wrappers[v])['loss']
+            losses[v] = float(torch.as_tensor(loss).detach())
+        return run
+
+    fns = {v: step(v) for v in VARIANTS}
+    last = {}
+    for _ in range(settings.warmup):
+        for v in VARIANTS:
+            sync(device)
+            start = time.perf_counter()
+            fns[v]()
+            sync(device)
+            last[v] = time.perf_counter() - start
+    per_round = sum(last.values())
+    rounds = settings.rounds
+    if budget_s is not None:
+        rounds = max(settings.min_rounds, min(rounds, int(budget_s / per_round)))
+    label = f'{arch} {precision}'
+    timings = interleaved(fns, 'baseline', rounds, warmup=0, device=device, label=label)
+    row = dict(arch=arch, precision=precision, rounds=rounds, warmup=settings.warmup,
+               median_s={v: timings[v]['median_s'] for v in VARIANTS},
+               times={v: timings[v]['times'] for v in VARIANTS},
+               last_loss=dict(losses), finite=all(np.isfinite(list(losses.values()))))
+    row['ratios'] = {f'{c}/{r}': paired_ratio(timings[c]['times'], timings[r]['times'])
+                     for c, r, _ in GOALS}
+    row['goals'] = {f'{c}/{r}': dict(max=limit, met=row['ratios'][f'{c}/{r}']['ratio'] <= limit)
+                    for c, r, limit in GOALS}
+    if device.startswith('cuda'):
+        row['max_memory_gb'] = torch.cuda.max_memory_allocated() / 2**30
+    return row
+
+
+# --------------------------------------------------------------------------- 3. profile
+
+class Ranges:
+    """``record_function`` ranges opened and closed by hooks (module and optimizer hooks are
+    public APIs; the ranges show in the profile like any other)."""
+
+    def __init__(self) -> None:
+        self.open: Dict[str, object] = {}
+        self.handles: List = []
+
+    def enter(self, name: str) -> None:
+        rf = torch.profiler.record_function(name)
+        rf.__enter__()
+        self.open[name] = rf
+
+    def exit(self, name: str) -> None:
+        rf = self.open.pop(name, None)
+        if rf is not None:
+            rf.__exit__(None, None, None)
+
+    def around_module(self, module: nn.Module, name: str) -> None:
+        """The range opens before the module's other pre-hooks (a WS backbone normalizes its
+        weights in one) and closes after its other forward hooks."""
+        self.handles.append(module.register_forward_pre_hook(lambda *_: self.enter(name),
+                                                             prepend=True))
+        self.handles.append(module.register_forward_hook(lambda *_: self.exit(name)))
+
+    def around_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``e2e/step`` around the whole step and ``e2e/step_pre_hooks`` around the instance
+        pre-hooks (global pre-hooks run first, then the instance's in order, so a hook added
+        now runs after the ε-shift's)."""
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
+
+        def global_pre(*_):
+            self.enter('e2e/step')
+            self.enter('e2e/step_pre_hooks')
+
+        self.handles.append(register_optimizer_step_pre_hook(global_pre))
+        self.handles.append(optimizer.register_step_pre_hook(
+            lambda *_: self.exit('e2e/step_pre_hooks')))
+        self.handles.append(register_optimizer_step_post_hook(lambda *_: self.exit('e2e/step')))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def _subtree(event) -> List:
+    out, stack = [], [event]
+    while stack:
+        e = stack.pop()
+        out.append(e)
+        stack.extend(e.cpu_children)
+    return out
+
+
+def _is_plain_backbone_op(event) -> bool:
+    if event.name == 'aten::batch_norm':  # a batch norm over weights viewed (1, C, n) is WS
+        shapes = getattr(event, 'input_shapes', None) or []
+        return not shapes or not shapes[0] or len(shapes[0]) == 4
+    return event.name in PLAIN_BACKBONE_OPS
+
+
+def attribute(events, use_device: bool) -> Dict[str, float]:
+    """Milliseconds of each part of one profiled iteration (device kernel time on CUDA,
+    inclusive CPU time on the CPU)."""
+    from torch.autograd import DeviceType
+    # CPU-side events only: on CUDA the profile also holds each range as a device-side
+    # annotation of the same name, whose time the CPU range already counts through its kernels
+    events = [e for e in events if e.device_type == DeviceType.CPU]
+
+    def cost(e) -> float:
+        return (e.device_time_total if use_device else e.cpu_time_total) / 1e3
+
+    def ranges(name: str) -> List:
+        return [e for e in events if e.name == name]
+
+    parts = dict.fromkeys(['total', 'backbone_fwd', 'backbone_fwd_norm', 'backbone_bwd',
+                           'backbone_bwd_norm', 'step_pre_hooks', 'step_rest'], 0.)
+    iteration = ranges('e2e/iteration')
+    parts['total'] = sum(cost(e) for e in iteration)
+    parts['wall'] = sum(e.cpu_time_total for e in iteration) / 1e3
+    seq_class: Dict[int, bool] = {}  # sequence number -> is a normalization op
+    for rng in ranges('e2e/backbone'):
+        parts['backbone_fwd'] += cost(rng)
+        for op in rng.cpu_children:
+            norm = not _is_plain_backbone_op(op)
+            if norm:
+                parts['backbone_fwd_norm'] += cost(op)
+            for e in _subtree(op):
+                if getattr(e, 'sequence_nr', -1) >= 0:
+                    seq_class[e.sequence_nr] = norm
+    for e in events:
+        if e.name.startswith('autograd::engine::evaluate_function') and \
+                e.sequence_nr in seq_class:
+            parts['backbone_bwd'] += cost(e)
+            if seq_class[e.sequence_nr]:
+                parts['backbone_bwd_norm'] += cost(e)
+    parts['step_pre_hooks'] = sum(cost(e) for e in ranges('e2e/step_pre_hooks'))
+    parts['step_rest'] = sum(cost(e) for e in ranges('e2e/step')) - parts['step_pre_hooks']
+    parts['rest'] = parts['total'] - parts['backbone_fwd'] - parts['backbone_bwd'] - \
+        parts['step_pre_hooks'] - parts['step_rest']
+    return parts
+
+
+def profile_variant(model: nn.Module, wrapper, batch: Dict, device: str) -> Dict[str, float]:
+    """One ``train_step`` under ``torch.profiler`` with the ranges of :class:`Ranges`; the
+    model and wrapper have run the timed rounds, so it is a steady iteration."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    activities = [ProfilerActivity.CPU]
+    if device.startswith('cuda'):
+        activities.append(ProfilerActivity.CUDA)
+    ranges = Ranges()
+    ranges.around_module(model.backbone, 'e2e/backbone')
+    ranges.around_step(wrapper.optimizer)
+    try:
+        with profile(activities=activities, record_shapes=True) as prof:
+            with record_function('e2e/iteration'):
+                torch.manual_seed(1)
+                model.train_step(batch, wrapper)
+                sync(device)
+    finally:
+        ranges.remove()
+    return attribute(prof.events(), use_device=device.startswith('cuda'))
+
+
+# --------------------------------------------------------------------------- 4. tools checks
+
+def write_synthetic_coco(root: str, split: str, num: int, size: Tuple[int, int],
+                         seed: int) -> str:
+    """``num`` images of ``size`` (w, h) with 2-5 filled rectangles each, in COCO layout with
+    COCO's 80 category names; returns the annotation file."""
+    import cv2
+    from mmdet.datasets import CocoDataset
+    classes = CocoDataset.METAINFO['classes']
+    rng = np.random.default_rng(seed)
+    w, h = size
+    os.makedirs(osp.join(root, split), exist_ok=True)
+    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
+    images, annotations = [], []
+    for i in range(num):
+        img = np.full((h, w, 3), rng.integers(60, 200, 3), np.uint8)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        for _ in range(rng.integers(2, 6)):
+            bw, bh = (rng.uniform(0.15, 0.45, 2) * (w, h)).astype(int)
+            x, y = rng.integers(0, w - bw), rng.integers(0, h - bh)
+            img[y:y + bh, x:x + bw] = rng.integers(0, 255, 3)
+            annotations.append(dict(
+                id=len(annotations) + 1, image_id=i + 1, category_id=int(rng.integers(1, 6)),
+                bbox=[int(x), int(y), int(bw), int(bh)], area=int(bw * bh), iscrowd=0,
+                segmentation=[[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]))
+        name = f'{i:06d}.png'
+        cv2.imwrite(osp.join(root, split, name), img)
+        images.append(dict(id=i + 1, file_name=name, width=w, height=h))
+    ann = osp.join(root, 'annotations', f'instances_{split}.json')
+    with open(ann, 'w') as f:
+        json.dump(dict(images=images, annotations=annotations,
+                       categories=[dict(id=k + 1, name=c) for k, c in enumerate(classes)]), f,
+                  default=int)
+    return ann
+
+
+def tools_config(settings: Settings, root: str, ckpt: str, smoke: bool, path: str) -> None:
+    """``cascade_rcnn_ws_eps_r50`` on the synthetic set for the train/test tools: iteration
+    loop, constant lr scaled for batch 2 (``auto_scale_lr``), every-iteration logging with
+    ``WeightNormStatsHook``, starting from the calibrated random init ``ckpt``; test score
+    threshold 0, so that the metric has detections to score."""
+    cfg = load_config('cascade_rcnn', 'ws_eps', smoke)
+    iters = settings.check_iters
+    for split, loader in (('train', cfg.train_dataloader), ('val', cfg.test_dataloader)):
+        ds = loader.dataset
+        ds.update(data_root=root + '/', ann_file=f'annotations/instances_{split}.json',
+                  data_prefix=dict(img=f'{split}/'))
+        if smoke:
+            loader.update(num_workers=0, persistent_workers=False)
+            for t in ds.pipeline:
+                if t['type'] == 'Resize':
+                    t['scale'] = settings.set_size
+    cfg.test_evaluator.ann_file = osp.join(root, 'annotations', 'instances_val.json')
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters)
+    cfg.param_scheduler = None
+    cfg.auto_scale_lr.enable = True
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=iters, by_epoch=False)
+    cfg.log_processor = dict(type='LogProcessor', window_size=1, by_epoch=False)
+    cfg.custom_hooks = [dict(type='WeightNormStatsHook', interval=1)]
+    cfg.model.test_cfg.rcnn.score_thr = 0.  # an untrained detector still returns its top boxes
+    cfg.load_from = ckpt
+    cfg.dump(path)
+
+
+def run_tool(args: List[str], log: str, deadline: Optional[float]) -> int:
+    """Run a script of tools/ with this interpreter; -1 when it outlives the deadline (given at
+    least a minute)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [REPO] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    timeout = 1800. if deadline is None else max(60., deadline - time.time())
+    with open(log, 'w') as f:
+        try:
+            return subprocess.run([sys.executable] + args, cwd=REPO, env=env, stdout=f,
+                                  stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return -1
+
+
+def last_json_lines(pattern: str) -> List[Dict]:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        return []
+    with open(files[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def check_with_tools(settings: Settings, device: str, work: str, smoke: bool,
+                     deadline: Optional[float]) -> Dict[str, Dict]:
+    """Train a few dozen iterations with tools/train.py, evaluate with tools/test.py."""
+    root = osp.join(work, 'coco_synth')
+    write_synthetic_coco(root, 'train', settings.num_train, settings.set_size, seed=0)
+    write_synthetic_coco(root, 'val', settings.num_val, settings.set_size, seed=1)
+    cfg = load_config('cascade_rcnn', 'ws_eps', smoke)
+    batch = make_batch(settings, with_mask=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    calibrate_bn(model, batch)
+    ckpt = osp.join(work, 'calibrated_init.pth')
+    torch.save(dict(state_dict={k: v.cpu() for k, v in model.state_dict().items()},
+                    meta=dict(note='random init, BN calibrated on a synthetic batch')), ckpt)
+    del model
+    config = osp.join(work, 'cascade_rcnn_ws_eps_r50_synth.py')
+    tools_config(settings, root, ckpt, smoke, config)
+    train_dir, test_dir = osp.join(work, 'train'), osp.join(work, 'test')
+    start = time.time()
+    rc = run_tool(['tools/train.py', config, '--work-dir', train_dir],
+                  osp.join(work, 'train.log'), deadline)
+    train_s = time.time() - start
+    scalars = last_json_lines(osp.join(train_dir, '*', 'vis_data', 'scalars.json'))
+    losses = [s['loss'] for s in scalars if 'loss' in s]
+    k = max(2, len(losses) // 4)
+    first, last = (float(np.mean(losses[:k])), float(np.mean(losses[-k:]))) if losses else (
+        float('nan'), float('nan'))
+    out = {}
+    out['loss_decreases'] = dict(
+        ok=bool(rc == 0 and len(losses) == settings.check_iters and last < first),
+        iterations=len(losses), first_mean=first, last_mean=last, window=k, exit_code=rc,
+        seconds=round(train_s, 1), losses=losses,
+        detail=f'tools/train.py, {len(losses)} iterations: mean loss of the first {k} '
+               f'{first:.3f}, of the last {k} {last:.3f}')
+    hook_keys = sorted({key for s in scalars for key in s if key.startswith('wn_stats/')})
+    hook_lines = sum(1 for s in scalars if 'wn_stats/max_inv_std' in s)
+    out['stats_hook_logs'] = dict(
+        ok=bool(hook_lines == len(losses) > 0 and 'wn_stats/eff_lr' in hook_keys), keys=hook_keys,
+        lines=hook_lines, last={key: scalars[-1].get(key) for key in hook_keys} if scalars else {},
+        detail=f'WeightNormStatsHook logged {hook_keys} on {hook_lines} of {len(losses)} '
+               'iterations')
+    ckpts = sorted(glob.glob(osp.join(train_dir, 'iter_*.pth')))
+    metrics: Dict = {}
+    rc_test = None
+    if ckpts:
+        start = time.time()
+        rc_test = run_tool(['tools/test.py', config, ckpts[-1], '--work-dir', test_dir],
+                           osp.join(work, 'test.log'), deadline)
+        test_s = time.time() - start
+        lines = last_json_lines(osp.join(test_dir, '*', '*.json'))
+        metrics = {k2: v for line in lines for k2, v in line.items() if k2.startswith('coco/')}
+    m_ap = metrics.get('coco/bbox_mAP')
+    out['coco_eval'] = dict(
+        ok=bool(rc_test == 0 and isinstance(m_ap, (int, float))), exit_code=rc_test,
+        metrics=metrics, seconds=round(test_s, 1) if ckpts else None,
+        detail=f'tools/test.py on {settings.num_val} synthetic images: coco/bbox_mAP {m_ap} '
+               '(a random-init detector after a few dozen iterations: only that it runs counts)')
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+def markdown(result: Dict) -> str:
+    env, build = result['env'], result.get('build') or {}
+    head = (f'GPU end-to-end (issue 11): {env.get("gpu", env.get("processor"))}, '
+            f'torch {env["torch"]}, mmcv {env.get("mmcv", "?")} '
+            f'({build.get("mode", "?")} build'
+            f'{", %s s" % build["seconds"] if "seconds" in build else ""}), '
+            f'{env["time"][:10]}, commit {result["commit"]}'
+            + (' (SMOKE: tiny images, not a measurement)' if result['settings']['smoke'] else ''))
+    shapes = ' and '.join(f'{s[2]}x{s[1]}' for s in result['settings']['image_shapes'])
+    lines = [f'### {head}', '',
+             f'`model.train_step` s/iter, batch 2 ({shapes}), median of interleaved rounds '
+             '(paired ratios, IQR in brackets):', '',
+             '| detector | precision | rounds | R-50 | WS R-50 | WS+ε R-50 | WS+ε ÷ R-50 | '
+             'WS+ε ÷ WS | goals (≤ 1.03x, ≤ 1.01x) |',
+             '|---|---|---:|---:|---:|---:|---|---|---|']
+    for row in result['timing']:
+        r = row['ratios']
+        goals = ', '.join('met' if g['met'] else '**not met**' for g in row['goals'].values())
+        cells = ' | '.join(f'{row["median_s"][v]:.4f}' for v in VARIANTS)
+        ratio = ' | '.join(f'{r[k]["ratio"]:.3f}x ({r[k]["q1"]:.3f}-{r[k]["q3"]:.3f})'
+                           for k in r)
+        lines.append(f'| {ARCH_NAMES[row["arch"]]} | {row["precision"]} | {row["rounds"]} | '
+                     f'{cells} | {ratio} | {goals}'
+                     + ('' if row['finite'] else ' (non-finite loss)') + ' |')
+    for skipped in result.get('skipped', []):
+        lines.append(f'| {skipped} | | | | | | | | skipped: out of time |')
+    for prof in result['profile']:
+        unit = 'GPU kernel ms' if prof['device'].startswith('cuda') else 'CPU ms'
+        lines += ['', f'Where the time goes: one `torch.profiler` iteration, '
+                  f'{ARCH_NAMES[prof["arch"]]} {prof["precision"]} ({unit}; backbone backward = '
+                  'the autograd nodes of its forward ops):', '',
+                  '| part | ' + ' | '.join(VARIANT_NAMES[v] for v in VARIANTS) + ' |',
+                  '|---|' + '---:|' * len(VARIANTS)]
+        names = [('backbone forward', 'backbone_fwd'),
+                 ('- of which weight normalization ops', 'backbone_fwd_norm'),
+                 ('backbone backward', 'backbone_bwd'),
+                 ('- of which weight normalization ops', 'backbone_bwd_norm'),
+                 ('optimizer step pre-hooks (ε-shift)', 'step_pre_hooks'),
+                 ('optimizer step, rest', 'step_rest'),
+                 ('rest (heads, losses, their backward, preprocessing)', 'rest'),
+                 ('total', 'total'), ('iteration wall time (CPU clock)', 'wall')]
+        parts = prof['parts']
+        for label, key in names:
+            lines.append(f'| {label} | ' + ' | '.join(
+                f'{parts[v][key]:.1f}' for v in VARIANTS) + ' |')
+        base = parts['baseline']
+        for label, keys in (("backbone forward + backward, minus R-50's",
+                             ('backbone_fwd', 'backbone_bwd')),
+                            ("total, minus R-50's", ('total', ))):
+            lines.append(f'| {label} | ' + ' | '.join(
+                f'{sum(parts[v][k] - base[k] for k in keys):+.1f}' for v in VARIANTS) + ' |')
+    lines += ['', '| check | result | detail |', '|---|---|---|']
+    for name, check in result['checks'].items():
+        lines.append(f'| {name} | {"pass" if check["ok"] else "**FAIL**"} | {check["detail"]} |')
+    return '\n'.join(lines) + '\n'
+
+
+def save(result: Dict, out: str) -> None:
+    write_json(osp.join(out, 'gpu_e2e.json'), result)
+    with open(osp.join(out, 'gpu_e2e.md'), 'w') as f:
+        f.write(markdown(result))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    settings = Settings(args)
+    device = args.device
+    torch.set_flush_denormal(True)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.work, exist_ok=True)
+    from mmdet.utils import register_all_modules
+    from mmengine.logging import MMLogger
+
+    import mmdet_eps  # noqa: F401  registers the plugin
+    register_all_modules(init_default_scope=True)
+    MMLogger.get_instance('mmdet_eps_gpu_e2e', log_level='WARNING')
+    env = environment()
+    env['device'] = device
+    if device.startswith('cuda'):
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    build = None
+    if args.build_info and osp.exists(args.build_info):
+        with open(args.build_info) as f:
+            build = json.load(f)
+    result = dict(env=env, commit=args.commit, build=build,
+                  settings=dict(settings.as_dict(), smoke=args.smoke), checks={}, timing=[],
+                  profile=[], skipped=[], sections={})
+
+    def remaining() -> Optional[float]:
+        return None if args.deadline is None else args.deadline - time.time()
+
+    start = time.time()
+
+    def section(name: str) -> None:
+        """Print the section and record when it started (seconds since the driver began)."""
+        result['sections'][name] = round(time.time() - start, 1)
+        print(f'== {name} (at {result["sections"][name]} s)', flush=True)
+
+    section('eps_step')
+    result['checks']['eps_step'] = check_eps_step(device, settings, args.smoke)
+    print(result['checks']['eps_step']['detail'], flush=True)
+    save(result, args.out)
+
+    sections = [(a, p) for a in args.archs for p in settings.precisions]
+    done = 0
+    for arch in args.archs:
+        batch = make_batch(settings, with_mask=arch == 'mask_rcnn')
+        cfgs, models = build_triple(arch, device, batch, args.smoke)
+        wrappers: Dict[str, Dict] = {}
+        for precision in settings.precisions:
+            left = remaining()
+            budget = None
+            if left is not None:
+                budget = (left - settings.reserve_s) / (len(sections) - done)
+                if budget <= 0:
+                    result['skipped'].append(f'{ARCH_NAMES[arch]} {precision}')
+                    done += 1
+                    continue
+            section(f'timing {arch} {precision}')
+            if device.startswith('cuda'):
+                torch.cuda.reset_peak_memory_stats()
+            wrappers[precision] = {v: build_wrapper(models[v], optim_cfg(cfgs[v], precision))
+                                   for v in VARIANTS}
+            result['timing'].append(time_triple(arch, precision, models, wrappers[precision],
+                                                batch, settings, device, budget))
+            done += 1
+            save(result, args.out)
+        if arch == 'cascade_rcnn':
+            for precision, timed in wrappers.items():
+                section(f'profile {arch} {precision}')
+                parts = {v: profile_variant(models[v], timed[v], batch, device) for v in VARIANTS}
+                result['profile'].append(dict(arch=arch, precision=precision, device=device,
+                                              parts=parts))
+                save(result, args.out)
+        del models, wrappers
+        if device.startswith('cuda'):
+            torch.cuda.empty_cache()
+
+    section('tools/train.py + tools/test.py')
+    result['checks'].update(check_with_tools(settings, device, args.work, args.smoke,
+                                             args.deadline))
+    for name, check in result['checks'].items():
+        print(f'{name}: {"pass" if check["ok"] else "FAIL"}: {check["detail"]}', flush=True)
+    section('end')
+    save(result, args.out)
+    print(markdown(result), flush=True)
+    return 0 if all(c['ok'] for c in result['checks'].values()) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
