@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py Makefile mmdet_eps/ops/csrc/filter_normalize.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install -q --upgrade pip wheel 'setuptools>=77,<81'
 	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install -q '$(TORCH_SPEC)'

@@ -1,6 +1,16 @@
 """mmdet-eps: the ε-shifted L2 regularizer for weight-normalized detectors (MMDetection 3.x)."""
 from setuptools import find_packages, setup
 
+
+def fused_ops() -> dict:
+    """The fused CPU ops (``mmdet_eps/ops/csrc``) as the plain shared library ``mmdet_eps._ext``,
+    loaded with ``torch.ops.load_library``; torch must be importable to build them."""
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    ext = CppExtension('mmdet_eps._ext', ['mmdet_eps/ops/csrc/filter_normalize.cpp'],
+                       extra_compile_args=['-O3', '-fopenmp-simd'])
+    return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension})
+
+
 setup(
     name='mmdet-eps',
     version='0.1.0',
@@ -26,4 +36,5 @@ setup(
         # build made for the torch in place, so it is not pinned here (docs/pretrain.md).
         'pretrain': ['mmpretrain==1.2.0'],
     },
+    **fused_ops(),
 )

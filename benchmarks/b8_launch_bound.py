@@ -10,7 +10,9 @@ initial weights:
 - ``plain`` (baseline): mmdet's ResNet-50, mmengine's default constructor.
 - ``ws``: ``WSResNet`` (default ``group_by='auto'``: one process, so grouped over the whole
   backbone), default constructor (plain decay).
-- ``ws_eps``: ``WSResNet`` + ``EpsShiftedOptimWrapperConstructor`` - the goal's candidate.
+- ``ws_eps``: ``WSResNet`` + ``EpsShiftedOptimWrapperConstructor`` - the goal's candidate (on a
+  CPU with the extension built: the fused ops, one op forward and one backward per region).
+- ``ws_eps_torch``: the same with ``fused=False``: torch ops, what a GPU runs today.
 - ``ws_eps_stage``: the same with ``group_by='stage'``, what ``'auto'`` gives a DDP run (one node
   per stage, so a stage's gradients can be all-reduced while earlier stages run backward).
 - ``ws_eps_per_conv``: the same with ``group_by=None`` (every conv alone, as before grouping).
@@ -37,6 +39,7 @@ LABELS = {
     'plain': 'ResNet-50, plain convs + SGD',
     'ws': 'WSResNet-50 (default grouping) + SGD',
     'ws_eps': 'WSResNet-50 + ε-shifted SGD (constructor)',
+    'ws_eps_torch': "  same, fused=False (torch ops: a GPU's path)",
     'ws_eps_stage': "  same, group_by='stage' (DDP's)",
     'ws_eps_per_conv': '  same, group_by=None (per conv)',
     'mmcv_convws': 'mmcv ConvWS2d + SGD',
@@ -46,13 +49,17 @@ LABELS = {
 def build(name: str, pkg, depth: int, width: int, frozen: int) -> nn.Module:
     """The backbone of candidate ``name``."""
     group_by = {'ws_eps_stage': 'stage', 'ws_eps_per_conv': None}.get(name, 'auto')
+    fused = False if name == 'ws_eps_torch' else None
     if pkg.torch_only:
         conv = {'plain': nn.Conv2d, 'mmcv_convws': MMCVStyleConvWS2d}.get(name, pkg.WSConv)
         model = TorchResNet(depth, conv, width)
         stages = [model.layer1, model.layer2, model.layer3, model.layer4]
         regions = {'stage': [(model, [model.conv1, model.layer1])] + stages[1:],
                    'auto': [model], None: []}[group_by]  # 'auto' in one process: 'backbone'
-        model.filter_groups = pkg.group_normalized_convs(regions)
+        model.filter_groups = pkg.group_normalized_convs(regions, fused)
+        for module in model.modules():
+            if fused is not None and hasattr(module, 'fused'):
+                module.fused = fused
         if frozen >= 0:  # as mmdet's ResNet._freeze_stages: the stem, then stages 1..frozen
             for module in [model.conv1, model.bn1] + stages[:frozen]:
                 module.eval().requires_grad_(False)
@@ -63,7 +70,7 @@ def build(name: str, pkg, depth: int, width: int, frozen: int) -> nn.Module:
         return MODELS.build(dict(type='ResNet', **common))
     if name == 'mmcv_convws':
         return MODELS.build(dict(type='ResNet', conv_cfg=dict(type='ConvWS'), **common))
-    return MODELS.build(dict(type='WSResNet', group_by=group_by, **common))
+    return MODELS.build(dict(type='WSResNet', group_by=group_by, fused=fused, **common))
 
 
 def optimizer(name: str, model: nn.Module, pkg) -> torch.optim.Optimizer:

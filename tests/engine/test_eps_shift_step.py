@@ -6,6 +6,7 @@ from torch import nn
 
 from mmdet_eps.engine.optimizers import apply_eps_shift, eps_shifted_grad
 from mmdet_eps.models.layers import take_unit_filters, unit_filters
+from mmdet_eps.models.layers.filter_stats import FilterMoments, take_filter_moments
 
 from .helpers import CONVS, autograd_grad, build_optim_wrapper
 
@@ -15,7 +16,7 @@ FAMILIES = ['ws', 'wn', 'cwn']
 @pytest.mark.parametrize('family', FAMILIES)
 def test_forward_records_unit_filters_until_the_weight_changes(family):
     torch.manual_seed(0)
-    conv = CONVS[family](4, 6, 3).double()
+    conv = CONVS[family](4, 6, 3, fused=False).double()  # the torch-ops path records units
     conv(torch.randn(1, 4, 5, 5, dtype=torch.float64)).sum().backward()
     centered = family != 'wn'
     recorded = conv.weight._eps_unit_filters.unit
@@ -30,6 +31,26 @@ def test_forward_records_unit_filters_until_the_weight_changes(family):
     assert not torch.allclose(fresh, recorded)
 
 
+@pytest.mark.parametrize('family', FAMILIES)
+def test_fused_forward_records_moments_until_the_weight_changes(family):
+    torch.manual_seed(0)
+    conv = CONVS[family](4, 6, 3, fused=True).double()
+    conv(torch.randn(1, 4, 5, 5, dtype=torch.float64)).sum().backward()
+    centered = family != 'wn'
+    record = conv.weight._eps_unit_filters
+    assert isinstance(record, FilterMoments)
+    (mean, ), (rstd, ), (offset, ) = take_filter_moments([conv.weight], centered)
+    assert mean is record.mean and offset == record.offset  # the forward's, once
+    unit = (conv.weight - mean.view(-1, 1, 1, 1)) * rstd.view(-1, 1, 1, 1)
+    torch.testing.assert_close(unit, unit_filters(conv.weight, centered))
+    assert not hasattr(conv.weight, '_eps_unit_filters')
+    conv(torch.randn(1, 4, 5, 5, dtype=torch.float64))
+    with torch.no_grad():
+        conv.weight.mul_(-2.).add_(0.1)
+    torch.testing.assert_close(take_unit_filters(conv.weight, centered),
+                               unit_filters(conv.weight, centered))  # recomputed
+
+
 def test_frozen_or_no_grad_forwards_record_nothing():
     conv = CONVS['ws'](4, 6, 3)
     with torch.no_grad():
@@ -41,11 +62,13 @@ def test_frozen_or_no_grad_forwards_record_nothing():
 
 @pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
-@pytest.mark.parametrize('foreach', [False, True])
-def test_step_after_forward_equals_the_paper_gradient(family, mode, foreach):
+@pytest.mark.parametrize('impl', ['fused', 'foreach', 'single_tensor'])
+def test_step_after_forward_equals_the_paper_gradient(family, mode, impl):
+    """Each implementation of forward + step (the step follows what the forward recorded)."""
     torch.manual_seed(0)
     lr, lam, eps = 0.1, 0.3, 0.05
-    conv = CONVS[family](3, 6, 3).double()
+    foreach = impl == 'foreach'
+    conv = CONVS[family](3, 6, 3, fused=impl == 'fused').double()
     wrapper = build_optim_wrapper(conv, dict(type='SGD', lr=lr, weight_decay=lam,
                                              foreach=foreach),
                                   eps_shift=dict(eps=eps, mode=mode),
@@ -63,11 +86,12 @@ def test_step_after_forward_equals_the_paper_gradient(family, mode, foreach):
 @pytest.mark.parametrize('optimizer, mode, delegated', [
     ('SGD', 'coupled', True), ('SGD', 'decoupled', False), ('AdamW', 'decoupled', True),
     ('AdamW', 'coupled', False), ('Adam', 'coupled', True), ('Adadelta', 'coupled', False)])
-def test_lambda_w_goes_to_the_optimizer_only_in_its_own_form(optimizer, mode, delegated):
+@pytest.mark.parametrize('fused', [True, False])
+def test_lambda_w_goes_to_the_optimizer_only_in_its_own_form(optimizer, mode, delegated, fused):
     """Delegated or not, one step equals the formula: W - lr(g + λ∇R) (coupled SGD) etc."""
     torch.manual_seed(0)
     lam, eps, lr = 0.2, 0.1, 0.05
-    conv = CONVS['ws'](3, 4, 3).double()
+    conv = CONVS['ws'](3, 4, 3, fused=fused).double()
     wrapper = build_optim_wrapper(conv, dict(type=optimizer, lr=lr, weight_decay=lam),
                                   eps_shift=dict(eps=eps, mode=mode))
     group = next(g for g in wrapper.optimizer.param_groups if 'eps_shift_family' in g)
@@ -127,14 +151,22 @@ def test_mixed_dtypes_and_shapes_in_one_group(foreach):
         torch.testing.assert_close(p.detach(), w - eps_shifted_grad(w, 'cwn', 0.5, 0.1))
 
 
-def test_data_write_between_forward_and_step_keeps_the_forward_point():
-    """The step's term is taken at the weights of the forward, like the loss gradient in .grad
-    (a write through .data bypasses the version counter; documented in filter_stats)."""
+@pytest.mark.parametrize('fused', [True, False])
+def test_data_write_between_forward_and_step_keeps_the_forward_statistics(fused):
+    """The step's term uses the statistics of the forward, like the loss gradient in .grad (a
+    write through .data bypasses the version counter; documented in filter_stats): its unit
+    filters (torch ops), or its per-filter mean and rstd applied to the weight (fused)."""
     torch.manual_seed(0)
-    conv = CONVS['ws'](3, 4, 3).double()
+    conv = CONVS['ws'](3, 4, 3, fused=fused).double()
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
     conv(x).sum().backward()
     w_forward = conv.weight.detach().clone()
     conv.weight.data.add_(torch.randn_like(w_forward))
     unit = take_unit_filters(conv.weight, True)
-    torch.testing.assert_close(unit, unit_filters(w_forward, True))
+    expected = unit_filters(w_forward, True)
+    if fused:
+        flat = w_forward.flatten(1)
+        mean = flat.mean(1).view(-1, 1, 1, 1)
+        rstd = flat.var(1, unbiased=False).rsqrt().view(-1, 1, 1, 1)
+        expected = (conv.weight.detach() - mean) * rstd
+    torch.testing.assert_close(unit, expected)

@@ -13,10 +13,11 @@ from mmdet_eps.models.layers import CWNConv, FilterGroups, WNConv, WSConv
 from mmdet_eps.utils.op_count import count_ops
 
 
-def _pair(group_by, depth=18, **kwargs):
+def _pair(group_by, depth=18, fused=None, **kwargs):
     """A WS-ResNet and mmdet's ResNet with mmcv's ConvWS (per conv, no cache), same weights."""
     torch.manual_seed(0)
-    ours = WSResNet(depth=depth, group_by=group_by, base_channels=8, norm_eval=False, **kwargs)
+    ours = WSResNet(depth=depth, group_by=group_by, base_channels=8, norm_eval=False,
+                    fused=fused, **kwargs)
     ref = ResNet(depth=depth, conv_cfg=dict(type='ConvWS'), base_channels=8, norm_eval=False,
                  **kwargs)
     ref.load_state_dict(ours.state_dict())
@@ -32,8 +33,9 @@ def _outputs_and_grads(model, x):
 
 @pytest.mark.parametrize('group_by', ['auto', 'stage', 'backbone', None])
 @pytest.mark.parametrize('depth', [18, 50])
-def test_grouped_backbone_equals_mmcv_convws(group_by, depth):
-    ours, ref = _pair(group_by, depth)
+@pytest.mark.parametrize('fused', [None, False])
+def test_grouped_backbone_equals_mmcv_convws(group_by, depth, fused):
+    ours, ref = _pair(group_by, depth, fused=fused)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     (outs, grads), (ref_outs, ref_grads) = _outputs_and_grads(ours, x), _outputs_and_grads(ref, x)
     for a, b in zip(outs, ref_outs):
@@ -50,21 +52,24 @@ def _normalize_nodes(model, x):
         if node is None or node in seen:
             continue
         seen.add(node)
-        count += type(node).__name__ == '_NormalizeFiltersBackward'
+        count += type(node).__name__ in ('_NormalizeFiltersBackward',
+                                         '_FusedNormalizeFiltersBackward')
         stack.extend(n for n, _ in node.next_functions)
     return count
 
 
-def test_one_autograd_node_per_region():
+@pytest.mark.parametrize('fused', [True, False])
+def test_one_autograd_node_per_region(fused):
     x = torch.randn(2, 3, 32, 32)
-    stage = WSResNet(depth=50, base_channels=4, group_by='stage')
+    stage = WSResNet(depth=50, base_channels=4, group_by='stage', fused=fused)
     # filter shapes per region; the stem joins the first stage
     assert [len(g.groups) for g in stage.filter_groups] == [1 + 3, 4, 4, 4]
     assert _normalize_nodes(stage, x) == 4  # one per stage
-    backbone = WSResNet(depth=50, base_channels=4, group_by='backbone')
+    backbone = WSResNet(depth=50, base_channels=4, group_by='backbone', fused=fused)
     assert [len(g.groups) for g in backbone.filter_groups] == [11]
     assert _normalize_nodes(backbone, x) == 1
-    assert _normalize_nodes(WSResNet(depth=50, base_channels=4, group_by=None), x) == 53
+    per_conv = WSResNet(depth=50, base_channels=4, group_by=None, fused=fused)
+    assert _normalize_nodes(per_conv, x) == 53
 
 
 def test_stage_groups_finish_a_stage_before_the_next_starts_its_backward():
@@ -185,7 +190,9 @@ def test_grouping_cuts_the_ops_of_a_thin_resnet50():
         return count_ops(lambda: sum(o.sum() for o in model(x)).backward()).total
 
     plain = ops(ResNet(depth=50, base_channels=4))
-    grouped = ops(WSResNet(depth=50, base_channels=4, group_by='backbone'))
-    per_conv = ops(WSResNet(depth=50, base_channels=4, group_by=None))
+    grouped = ops(WSResNet(depth=50, base_channels=4, group_by='backbone', fused=False))
+    per_conv = ops(WSResNet(depth=50, base_channels=4, group_by=None, fused=False))
+    fused = ops(WSResNet(depth=50, base_channels=4, group_by='backbone', fused=True))
     assert grouped - plain <= 200
     assert per_conv - plain > 3 * (grouped - plain)
+    assert fused - plain <= 2  # one op forward, one backward

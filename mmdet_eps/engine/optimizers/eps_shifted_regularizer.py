@@ -11,7 +11,9 @@ All three are ``λ∇R = λ W - λ ε sqrt(D/n) x`` with the unit filters ``x = 
 plain L2 decay minus a fixed multiple of a tensor the layers' forward already computed (layer
 norm's output, see ``models/layers/filter_stats``). So the step costs the optimizer's own weight
 decay (``λ W``: torch's SGD/Adam add it, AdamW shrinks by it, in their multi-tensor kernels) plus
-one multi-tensor add per param group; with ε = 0 it is exactly plain L2 decay.
+one multi-tensor add per param group; with ε = 0 it is exactly plain L2 decay. On the CPU, the
+fused op (``mmdet_eps.ops``) forms the unit filters on the fly from the per-filter mean and rstd
+the fused forward recorded: one pass over each gradient, as plain weight decay.
 """
 import math
 from typing import List, Optional
@@ -21,7 +23,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from mmdet_eps.models.layers import fan_in, is_centered, scale_divisor, take_unit_filters
-from mmdet_eps.models.layers.filter_stats import unit_filters
+from mmdet_eps.models.layers.filter_stats import (
+    holds_unit_filters,
+    take_filter_moments,
+    unit_filters,
+)
+from mmdet_eps.ops import fused_eps_shift_, fused_unsupported
 
 #: Param-group keys set by ``EpsShiftedOptimWrapperConstructor``; they travel in checkpoints.
 FAMILY_KEY = 'eps_shift_family'
@@ -78,6 +85,20 @@ def _multi_tensor_eps_shift(params: List[Tensor], units: List[Tensor], coefs: Li
     _eps_shift(params, units, coefs, lam, decoupled, lr, opt_decay, foreach=True)
 
 
+def _fused_eps_shift(params: List[Tensor], centered: bool, coefs: List[float], lam: float,
+                     decoupled: bool, lr: float, opt_decay: float) -> None:
+    """:func:`_eps_shift` in one fused op: ``target += a W + b (W - m) rstd`` per tensor."""
+    moments = take_filter_moments(params, centered)
+    own = 0. if opt_decay else lam
+    if not decoupled:  # g += λ W - c x
+        fused_eps_shift_([p.grad for p in params], params, *moments, [own] * len(params),
+                         [-c for c in coefs])
+        return
+    after = 1 - lr * opt_decay  # see _eps_shift
+    fused_eps_shift_(params, params, *moments, [-lr * own] * len(params),
+                     [lr * c / after for c in coefs])
+
+
 def _eps_shift(params: List[Tensor], units: List[Tensor], coefs: List[float], lam: float,
                decoupled: bool, lr: float, opt_decay: float, foreach: bool) -> None:
     """Apply ``λ∇R = λ W - c x`` (``c`` per tensor in ``coefs``, ``x`` the unit filters).
@@ -102,8 +123,8 @@ def _eps_shift(params: List[Tensor], units: List[Tensor], coefs: List[float], la
 
 
 def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: str, lr: float,
-              opt_decay: float = 0., correction: int = 0,
-              foreach: Optional[bool] = None) -> None:
+              opt_decay: float = 0., correction: int = 0, foreach: Optional[bool] = None,
+              fused: Optional[bool] = None) -> None:
     """The ε-shifted update of one param group's normalized weights (those with a gradient).
 
     Args:
@@ -121,16 +142,28 @@ def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: s
         foreach (bool, optional): Multi-tensor kernels (fewer launches) or a loop over tensors.
             Defaults to None: multi-tensor unless the weights are on the CPU, as torch's
             optimizers choose.
+        fused (bool, optional): The fused CPU op (one per group, see ``mmdet_eps.ops``); it
+            takes precedence over ``foreach``. Defaults to None: as the forward (fused unless
+            it recorded unit filters, i.e. ran torch ops), where the op applies.
     """
     if not params:
         return
-    if foreach is None:
-        foreach = params[0].device.type != 'cpu'
     centered = is_centered(family)
-    units = [take_unit_filters(p, centered) for p in params]
     by_shape = {}  # many weights share a filter shape: one coefficient each
     coefs = [by_shape.get(p.shape[1:]) or by_shape.setdefault(
         p.shape[1:], unit_coefficient(p, family, eps, lam, correction)) for p in params]
+    if fused or fused is None:
+        why = fused_unsupported(params + [p.grad for p in params])
+        if fused is None and why is None and holds_unit_filters(params):
+            why = 'the forward ran torch ops'
+        if fused and why:
+            raise RuntimeError(f'fused ε-shifted step unavailable: {why}')
+        if why is None:
+            _fused_eps_shift(params, centered, coefs, lam, mode == 'decoupled', lr, opt_decay)
+            return
+    if foreach is None:
+        foreach = params[0].device.type != 'cpu'
+    units = [take_unit_filters(p, centered) for p in params]
     impl = _multi_tensor_eps_shift if foreach else _single_tensor_eps_shift
     impl(params, units, coefs, lam, mode == 'decoupled', lr, opt_decay)
 
@@ -140,8 +173,8 @@ def apply_eps_shift(optimizer: Optimizer, *_) -> None:
     """Step pre-hook: apply the ε-shifted term to every param group tagged with ``FAMILY_KEY``.
 
     Runs inside ``optimizer.step()``: after gradient clipping and AMP unscaling, and not at all on
-    a step that AMP skips for overflow. A group's own ``foreach`` flag, when set, chooses the
-    implementation.
+    a step that AMP skips for overflow. The fused CPU op runs where it applies; otherwise a
+    group's own ``foreach`` flag, when set, chooses the implementation.
     """
     for group in optimizer.param_groups:
         family = group.get(FAMILY_KEY)

@@ -11,7 +11,7 @@ from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 
-from mmdet_eps.models.layers import FilterGroups, group_normalized_convs
+from mmdet_eps.models.layers import FilterGroups, NormalizedConv2d, group_normalized_convs
 
 #: ``'stage'``: one autograd node per residual stage (the stem joins the first), so DDP still
 #: overlaps; ``'backbone'``: one for the whole backbone (fewest ops); None: every conv alone;
@@ -27,10 +27,17 @@ def _distributed() -> bool:
 class _GroupedNormMixin:
     """Attaches :class:`FilterGroups` to the backbone's stages or to the whole backbone."""
 
-    def _group_convs(self, group_by: Optional[str]) -> None:
+    def _group_convs(self, group_by: Optional[str], fused: Optional[bool]) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f'{type(self).__name__}: group_by must be one of {GROUP_BY}, '
                              f'got {group_by!r}')
+        if not (fused is None or isinstance(fused, bool)):
+            raise ValueError(f'{type(self).__name__}: fused must be None, True or False, '
+                             f'got {fused!r}')
+        if fused is not None:  # also for convs that normalize alone
+            for module in self.modules():
+                if isinstance(module, NormalizedConv2d):
+                    module.fused = fused
         if group_by == 'auto':
             group_by = 'stage' if _distributed() else 'backbone'
         self.group_by = group_by
@@ -41,7 +48,7 @@ class _GroupedNormMixin:
             regions = [(self, stem + stages[:1])] + stages[1:]
         elif group_by == 'backbone':
             regions = [self]
-        self.filter_groups: List[FilterGroups] = group_normalized_convs(regions)
+        self.filter_groups: List[FilterGroups] = group_normalized_convs(regions, fused)
 
 
 def _ws_conv_cfg(conv_cfg: Optional[ConfigType]) -> ConfigType:
@@ -60,13 +67,17 @@ class WSResNet(_GroupedNormMixin, ResNet):
             backward), ``'backbone'`` (one region: fewest ops), None (each conv alone) or
             ``'auto'`` (``'stage'`` if built in a distributed run of several processes, else
             ``'backbone'``). Defaults to ``'auto'``.
+        fused (bool, optional): Normalize with the fused CPU ops (one op forward and one
+            backward per region, ``mmdet_eps.ops``) or torch ops (a few per filter shape, any
+            device). Defaults to None: fused where they apply (CPU weights, extension built).
         *args, **kwargs: As mmdet's ``ResNet``.
     """
 
     def __init__(self, *args, conv_cfg: Optional[ConfigType] = None,
-                 group_by: Optional[str] = 'auto', **kwargs) -> None:
+                 group_by: Optional[str] = 'auto', fused: Optional[bool] = None,
+                 **kwargs) -> None:
         super().__init__(*args, conv_cfg=_ws_conv_cfg(conv_cfg), **kwargs)
-        self._group_convs(group_by)
+        self._group_convs(group_by, fused)
 
 
 @MODELS.register_module()
@@ -76,10 +87,12 @@ class WSResNeXt(_GroupedNormMixin, ResNeXt):
     Args:
         conv_cfg (dict, optional): Conv layer config. Defaults to ``dict(type='WSConv')``.
         group_by (str, optional): As :class:`WSResNet`. Defaults to ``'auto'``.
+        fused (bool, optional): As :class:`WSResNet`. Defaults to None.
         *args, **kwargs: As mmdet's ``ResNeXt``.
     """
 
     def __init__(self, *args, conv_cfg: Optional[ConfigType] = None,
-                 group_by: Optional[str] = 'auto', **kwargs) -> None:
+                 group_by: Optional[str] = 'auto', fused: Optional[bool] = None,
+                 **kwargs) -> None:
         super().__init__(*args, conv_cfg=_ws_conv_cfg(conv_cfg), **kwargs)
-        self._group_convs(group_by)
+        self._group_convs(group_by, fused)

@@ -15,11 +15,9 @@ that stage's backward is done, while earlier stages still run theirs.
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from .filter_normalize import normalize_batch
-from .filter_stats import record_unit_filters
 from .normalized_conv import NormalizedConv2d
 
 
@@ -53,14 +51,9 @@ class FilterGroup:
         """The members' weights (read through ``_parameters``: no ``Module.__getattr__``)."""
         return [conv._parameters['weight'] for conv in self.convs]
 
-    def hold(self, out: Tensor, unit: Tensor, params: List[Tensor]) -> None:
-        """Keep the members' normalized weights (``out``, concatenated) for this forward and
-        record the unit filters of trainable weights for the ε-shifted step."""
-        self.weights = out.split_with_sizes(self.sizes)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            for weight, u in zip(params, unit.split_with_sizes(self.sizes)):
-                if weight.requires_grad:
-                    record_unit_filters(weight, u)
+    def hold(self, weights: List[Tensor]) -> None:
+        """Keep the members' normalized weights for this forward."""
+        self.weights = tuple(weights)
 
     def release(self) -> None:
         """Drop the normalized weights (autograd keeps what backward needs)."""
@@ -86,10 +79,13 @@ class FilterGroups:
         region (nn.Module): The module whose forward brackets the normalization.
         members (Sequence[nn.Module], optional): The modules whose convs are grouped, all run
             within ``region``'s forward. Defaults to None: ``region`` itself.
+        fused (bool, optional): Normalize with the fused CPU ops or torch ops (see
+            ``filter_normalize.normalize_batch``). Defaults to None: fused where they apply.
     """
 
-    def __init__(self, region: nn.Module,
-                 members: Optional[Sequence[nn.Module]] = None) -> None:
+    def __init__(self, region: nn.Module, members: Optional[Sequence[nn.Module]] = None,
+                 fused: Optional[bool] = None) -> None:
+        self.fused = fused
         by_key: 'OrderedDict[tuple, List[NormalizedConv2d]]' = OrderedDict()
         modules = [m for member in (members or [region]) for m in member.modules()]
         if not any(getattr(m, 'with_cp', False) for m in modules):
@@ -105,10 +101,10 @@ class FilterGroups:
 
     def normalize(self) -> None:
         """Normalize every group's weights in one call and hand them to the groups."""
-        params = [group.params() for group in self.groups]
-        outs, units = normalize_batch(self.specs, params)
-        for group, out, unit, members in zip(self.groups, outs, units, params):
-            group.hold(out, unit, members)
+        outs = normalize_batch(self.specs, [group.params() for group in self.groups], self.fused,
+                               record=True)
+        for group, weights in zip(self.groups, outs):
+            group.hold(weights)
 
     def release(self) -> None:
         for group in self.groups:
@@ -130,10 +126,10 @@ class FilterGroups:
 
 
 def group_normalized_convs(
-        regions: Sequence[Union[nn.Module, Tuple[nn.Module, Sequence[nn.Module]]]]
-) -> List[FilterGroups]:
+        regions: Sequence[Union[nn.Module, Tuple[nn.Module, Sequence[nn.Module]]]],
+        fused: Optional[bool] = None) -> List[FilterGroups]:
     """Attach :class:`FilterGroups` to each region, given as a module or as ``(module, members)``
     (regions with no normalized conv get none)."""
-    attached = [FilterGroups(*region) if isinstance(region, tuple) else FilterGroups(region)
-                for region in regions]
+    attached = [FilterGroups(*region, fused=fused) if isinstance(region, tuple) else
+                FilterGroups(region, fused=fused) for region in regions]
     return [groups for groups in attached if groups.groups]

@@ -20,6 +20,11 @@ One autograd node serves a whole *batch*: several lists of weights, one list per
 (a WS-ResNet stage has four), so Python's per-node cost is paid once per stage. Without autograd
 (eval, frozen weights) the same arithmetic runs without a node. The results equal the textbook
 expression to float rounding (tests/models/test_filter_normalize.py). Not twice differentiable.
+
+Two implementations, chosen per call by ``fused`` (as torch's optimizers choose theirs): the
+*torch-ops* path above runs on any device; the *fused* path (CPU, ``mmdet_eps.ops``) does the
+same arithmetic for all weights of the batch in one op forward and one backward, with no
+concatenation, and returns per-filter means and rstds instead of unit filters.
 """
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -28,7 +33,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .filter_stats import fan_in, filter_dims
+from mmdet_eps.ops import (
+    fused_normalize_filters,
+    fused_normalize_filters_backward,
+    fused_unsupported,
+    offsets_of,
+)
+
+from .filter_stats import fan_in, filter_dims, record_filter_moments, record_unit_filters
 
 #: Dtypes normalized in float32 (their outputs are cast back).
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -44,14 +56,16 @@ class FilterNorm(NamedTuple):
     divisor: float
     eps: float
     shift: Tensor
+    #: ``sqrt(n / D)``: the scale is ``||u|| / sqrt(D) = root * sqrt(||u||² / n)``.
+    root: float
 
     @classmethod
     def build(cls, n: int, eps: float, centered: bool = True, divisor: float = 1.) -> 'FilterNorm':
         if not divisor > 0:
             raise ValueError(f'divisor must be > 0, got {divisor}')
-        value = math.sqrt(n / divisor) if centered else eps
+        root = math.sqrt(n / divisor)
         return cls(bool(centered), float(divisor), float(eps),
-                   torch.tensor(value, dtype=torch.float64))
+                   torch.tensor(root if centered else eps, dtype=torch.float64), root)
 
 
 def _forward(spec: FilterNorm, weights: Sequence[Tensor]) -> Tuple[Tensor, Tensor, tuple]:
@@ -137,30 +151,111 @@ class _NormalizeFilters(torch.autograd.Function):
         return tuple(result)
 
 
-def normalize_batch(specs: Sequence[FilterNorm],
-                    weights: Sequence[Sequence[Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+class _FusedNormalizeFilters(torch.autograd.Function):
+    """The fused CPU ops as one autograd node. Inputs: per-weight ``shift``, ``eps``,
+    ``centered`` lists, then the weights. Outputs: the normalized weights, then the per-filter
+    means and rstds of all of them (concatenated)."""
+
+    @staticmethod
+    def forward(ctx, shift: List[float], eps: List[float], centered: List[int],
+                *weights: Tensor) -> Tuple[Tensor, ...]:
+        outs, mean, rstd = fused_normalize_filters(weights, shift, eps, centered)
+        ctx.save_for_backward(*weights, mean, rstd)
+        ctx.args = (offsets_of(weights), shift, eps, centered)
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)
+        return (*outs, mean, rstd)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+        *weights, mean, rstd = ctx.saved_tensors
+        count = len(weights)
+        need = [i for i in range(count) if ctx.needs_input_grad[3 + i] and grads[i] is not None]
+        lists = (grads[:count], weights, *ctx.args)
+        if len(need) < count:  # frozen weights: no gradient computed for them
+            lists = tuple([seq[i] for i in need] for seq in lists)
+        grads_in = fused_normalize_filters_backward(lists[0], lists[1], mean, rstd, *lists[2:])
+        result: List[Optional[Tensor]] = [None] * count
+        for i, grad in zip(need, grads_in):
+            result[i] = grad
+        return (None, None, None, *result)
+
+
+def _fused_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
+                 flat: List[Tensor], train: bool, record: bool) -> List[List[Tensor]]:
+    args = ([spec.root for spec, group in zip(specs, weights) for _ in group],
+            [spec.eps for spec, group in zip(specs, weights) for _ in group],
+            [int(spec.centered) for spec, group in zip(specs, weights) for _ in group])
+    if train:
+        *outs, mean, rstd = _FusedNormalizeFilters.apply(*args, *flat)
+        if record:
+            for weight, offset in zip(flat, offsets_of(flat)):
+                if weight.requires_grad:
+                    record_filter_moments(weight, mean, rstd, offset)
+    else:
+        outs = fused_normalize_filters(flat, *args)[0]
+    nested, start = [], 0
+    for group in weights:
+        nested.append(outs[start:start + len(group)])
+        start += len(group)
+    return nested
+
+
+def _torch_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
+                 flat: List[Tensor], train: bool, record: bool
+                 ) -> Tuple[List[List[Tensor]], List[Tensor]]:
+    if train:
+        results = _NormalizeFilters.apply(tuple(specs), tuple(len(g) for g in weights), *flat)
+        outs, units = results[:len(specs)], results[len(specs):]
+    else:
+        outs, units = [], []
+        for spec, group in zip(specs, weights):
+            out, unit, _ = _forward(spec, group)
+            outs.append(out if out.dtype == group[0].dtype else out.to(group[0].dtype))
+            units.append(unit)
+    nested = []
+    for out, unit, group in zip(outs, units, weights):
+        sizes = [w.shape[0] for w in group]
+        nested.append(list(out.split_with_sizes(sizes)) if len(group) > 1 else [out])
+        if record and train and any(w.requires_grad for w in group):
+            for weight, u in zip(group, unit.split_with_sizes(sizes)):
+                if weight.requires_grad:
+                    record_unit_filters(weight, u)
+    return nested, list(units)
+
+
+def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
+                    fused: Optional[bool] = None, record: bool = False) -> List[List[Tensor]]:
     """Normalize lists of weights, one list per filter shape (``specs[i]`` for ``weights[i]``),
     in one autograd node (none when no weight needs a gradient).
 
+    Args:
+        specs (Sequence[FilterNorm]): One per list.
+        weights (Sequence[Sequence[Tensor]]): The weights, one list per filter shape.
+        fused (bool, optional): The fused CPU ops (one op forward and one backward for all the
+            weights) or torch ops (a few per filter shape, on any device). Defaults to None:
+            fused when the ops take the weights (``mmdet_eps.ops.fused_unsupported``).
+        record (bool): Record on each weight that trains what the ε-shifted step needs (see
+            ``filter_stats``). Defaults to False.
+
     Returns:
-        tuple[list[Tensor], list[Tensor]]: Per list, its normalized weights concatenated along
-        the output dim, and their unit filters ``sqrt(n) u / ||u||``, also concatenated.
+        list[list[Tensor]]: The normalized weights, nested as ``weights``.
     """
     flat = [w for group in weights for w in group]
-    if torch.is_grad_enabled() and any(w.requires_grad for w in flat):
-        results = _NormalizeFilters.apply(tuple(specs), tuple(len(g) for g in weights), *flat)
-        return list(results[:len(specs)]), list(results[len(specs):])
-    outs, units = [], []
-    for spec, group in zip(specs, weights):
-        out, unit, _ = _forward(spec, group)
-        outs.append(out if out.dtype == group[0].dtype else out.to(group[0].dtype))
-        units.append(unit)
-    return outs, units
+    train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
+    why = fused_unsupported(flat) if fused or fused is None else 'not requested'
+    if fused and why:
+        raise RuntimeError(f'fused weight normalization unavailable: {why}')
+    if why is None:
+        return _fused_batch(specs, weights, flat, train, record)
+    return _torch_batch(specs, weights, flat, train, record)[0]
 
 
 def normalize_filter_batch(weights: Sequence[Tensor], eps: float, centered: bool = True,
                            divisor: float = 1.) -> Tuple[List[Tensor], Tensor]:
-    """Normalize weights of one filter shape together.
+    """Normalize weights of one filter shape together with torch ops (any device), returning
+    the unit filters too.
 
     Args:
         weights (Sequence[Tensor]): Conv weights whose dims after the first agree.
@@ -173,15 +268,18 @@ def normalize_filter_batch(weights: Sequence[Tensor], eps: float, centered: bool
         given) and the unit filters ``sqrt(n) u / ||u||`` of all of them, concatenated.
     """
     spec = FilterNorm.build(fan_in(weights[0]), eps, centered, divisor)
-    (out, ), (unit, ) = normalize_batch([spec], [weights])
-    return list(out.split_with_sizes([w.shape[0] for w in weights])), unit
+    flat = list(weights)
+    train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
+    (outs, ), (unit, ) = _torch_batch([spec], [flat], flat, train, record=False)
+    return outs, unit
 
 
-def normalize_filters(weight: Tensor, eps: float, centered: bool = True,
-                      divisor: float = 1.) -> Tensor:
+def normalize_filters(weight: Tensor, eps: float, centered: bool = True, divisor: float = 1.,
+                      fused: Optional[bool] = None) -> Tensor:
     """``u / (||u|| / sqrt(divisor) + eps)`` per output filter of one weight, ``u = W - m``
-    (``centered``) or ``W``."""
-    return normalize_filter_batch([weight], eps, centered, divisor)[0][0]
+    (``centered``) or ``W``; ``fused`` as :func:`normalize_batch`."""
+    spec = FilterNorm.build(fan_in(weight), eps, centered, divisor)
+    return normalize_batch([spec], [[weight]], fused)[0][0]
 
 
 def standardize_filters(weight: Tensor, eps: float, correction: int = 1) -> Tensor:

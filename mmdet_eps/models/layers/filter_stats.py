@@ -5,19 +5,25 @@ direction of ``u`` at a fixed scale. For the centered families this is exactly w
 over the filter computes, so the layers get it for free while normalizing, and the ε-shifted
 gradient is ``λ W - λ ε sqrt(D / n) * unit`` (see ``engine/optimizers/eps_shifted_regularizer``).
 
-Who owns them: the weight. The forward that normalizes a trainable weight records its unit
-filters on it, tagged with the weight's version counter (:func:`record_unit_filters`); the
-optimizer step takes them (:func:`take_unit_filters`), which also drops them. Any in-place write
+Who owns them: the weight. The forward that normalizes a trainable weight records on it what
+the step needs, tagged with the weight's version counter: its unit filters (torch-ops path,
+:func:`record_unit_filters`) or, from the fused CPU ops, the per-filter mean and rstd from which
+the step's fused kernel forms them on the fly (:func:`record_filter_moments`). The optimizer
+step takes the record (:func:`take_unit_filters`, :func:`take_filter_moments`), which also drops
+it. Any in-place write
 in between (an optimizer step, ``load_state_dict``, ``copy_``) bumps the version and the step
 recomputes them from the weight. A write through ``weight.data`` between the forward and the step
-is not seen: the step then evaluates the regularizer's gradient at the weights of the forward,
-the same point at which the loss gradient in ``weight.grad`` was taken.
+is not seen: the step then uses the forward's statistics, like the loss gradient in
+``weight.grad`` taken at the forward's weights (its unit filters; or its per-filter mean and
+rstd, applied to the weight as it is at the step).
 """
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from mmdet_eps.ops import fused_filter_moments
 
 #: Attribute of a weight tensor that holds its :class:`UnitFilters` between forward and step.
 UNIT_FILTERS_ATTR = '_eps_unit_filters'
@@ -71,15 +77,65 @@ class UnitFilters(NamedTuple):
     unit: Tensor
 
 
+class FilterMoments(NamedTuple):
+    """Per-filter means (0 for WN) and ``rstd = 1 / sqrt(||u||² / n)`` of a weight as they
+    were when its version counter read ``version``: its filters' are ``mean[offset:offset + C]``
+    (the fused forward computes those of many weights into one tensor); unit filters =
+    ``(W - mean) rstd``."""
+    version: int
+    mean: Tensor
+    rstd: Tensor
+    offset: int
+
+
 def record_unit_filters(weight: Tensor, unit: Tensor) -> None:
     """Attach ``unit`` (the unit filters of ``weight`` as it is now) to ``weight``."""
     setattr(weight, UNIT_FILTERS_ATTR, UnitFilters(weight._version, unit))
 
 
+def record_filter_moments(weight: Tensor, mean: Tensor, rstd: Tensor, offset: int) -> None:
+    """Attach the per-filter means and rstds of ``weight`` as it is now (from ``offset`` on in
+    ``mean`` and ``rstd``) to ``weight``."""
+    setattr(weight, UNIT_FILTERS_ATTR, FilterMoments(weight._version, mean, rstd, offset))
+
+
+def holds_unit_filters(weights: Sequence[Tensor]) -> bool:
+    """Whether any weight carries unit filters (a torch-ops forward ran since its last step)."""
+    return any(isinstance(w.__dict__.get(UNIT_FILTERS_ATTR), UnitFilters) for w in weights)
+
+
+def _take(weight: Tensor) -> Optional[Union[UnitFilters, FilterMoments]]:
+    """The record on ``weight`` if it has not been written since; dropped either way."""
+    record = weight.__dict__.pop(UNIT_FILTERS_ATTR, None)
+    return record if record is not None and record.version == weight._version else None
+
+
 def take_unit_filters(weight: Tensor, centered: bool) -> Tensor:
     """The unit filters recorded on ``weight`` if it has not been written since, else computed
     now; the record is dropped either way."""
-    record: Optional[UnitFilters] = weight.__dict__.pop(UNIT_FILTERS_ATTR, None)
-    if record is not None and record.version == weight._version:
+    record = _take(weight)
+    if isinstance(record, UnitFilters):
         return record.unit
+    if isinstance(record, FilterMoments):
+        shape = (-1, ) + (1, ) * (weight.dim() - 1)
+        mean, rstd = (t.narrow(0, record.offset, weight.shape[0]).view(shape)
+                      for t in (record.mean, record.rstd))
+        return (weight.detach() - mean) * rstd
     return unit_filters(weight, centered)
+
+
+def take_filter_moments(weights: Sequence[Tensor], centered: bool
+                        ) -> Tuple[List[Tensor], List[Tensor], List[int]]:
+    """Per weight, the recorded per-filter means and rstds (tensors and offset, see
+    :class:`FilterMoments`) if the weight has not been written since, else computed now (by the
+    fused op, for all such weights at once); the records are dropped. For weights the fused ops
+    take (``mmdet_eps.ops.fused_unsupported``)."""
+    records = [_take(weight) for weight in weights]
+    stale = [w.detach() for w, r in zip(weights, records) if not isinstance(r, FilterMoments)]
+    if stale:
+        mean, rstd, offsets = fused_filter_moments(stale, [int(centered)] * len(stale))
+        fresh = iter(offsets)
+        records = [r if isinstance(r, FilterMoments) else FilterMoments(0, mean, rstd, next(fresh))
+                   for r in records]
+    return ([r.mean for r in records], [r.rstd for r in records],
+            [r.offset for r in records])

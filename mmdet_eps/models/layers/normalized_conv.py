@@ -2,11 +2,10 @@
 import warnings
 from typing import TYPE_CHECKING, Optional
 
-import torch
 from torch import Tensor, nn
 
 from .filter_normalize import FilterNorm, normalize_batch
-from .filter_stats import fan_in, record_unit_filters
+from .filter_stats import fan_in
 from .norm_family import is_centered, scale_divisor
 
 if TYPE_CHECKING:
@@ -28,13 +27,18 @@ class NormalizedConv2d(nn.Conv2d):
     Args:
         eps (float): Added to the per-filter scale (std for WS, norm for WN/CWN).
             Defaults to 1e-5.
+        fused (bool, optional): Normalize alone with the fused CPU ops or torch ops (see
+            ``filter_normalize.normalize_batch``; in a group, the group's setting applies).
+            Defaults to None: fused where they apply.
         *args, **kwargs: As ``nn.Conv2d``.
     """
 
     norm_family: str = ''
 
-    def __init__(self, *args, eps: float = 1e-5, **kwargs) -> None:
+    def __init__(self, *args, eps: float = 1e-5, fused: Optional[bool] = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fused = fused
         if not eps >= 0:
             raise ValueError(f'{type(self).__name__}: eps must be >= 0, got {eps}')
         self.eps = float(eps)
@@ -84,7 +88,7 @@ class NormalizedConv2d(nn.Conv2d):
 
     def normalize(self, weight: Tensor) -> Tensor:
         """``weight`` normalized per filter: what this layer convolves with."""
-        return normalize_batch([self.filter_norm()], [[weight]])[0][0]
+        return normalize_batch([self.filter_norm()], [[weight]], self.fused)[0][0]
 
     def normalized_weight(self) -> Tensor:
         """This layer's normalized weight: its group's while the group holds one, else computed
@@ -92,11 +96,8 @@ class NormalizedConv2d(nn.Conv2d):
         group = self.filter_group
         if group is not None and group.weights is not None:
             return group.weights[self.group_index]
-        weight = self.weight
-        (out, ), (unit, ) = normalize_batch([self.filter_norm()], [[weight]])
-        if weight.requires_grad and torch.is_grad_enabled():
-            record_unit_filters(weight, unit)
-        return out
+        return normalize_batch([self.filter_norm()], [[self.weight]], self.fused,
+                               record=True)[0][0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)
