@@ -87,6 +87,7 @@ def test_frozen_and_unused_weights_get_no_gradient():
     specs, weights = _batch()
     weights[1][0].requires_grad_(False)  # frozen: normalized, no gradient computed
     outs = normalize_batch(specs, weights, True)
+    assert not outs[1][0].requires_grad  # so its conv skips the weight's backward
     used = [group[0] for i, group in enumerate(outs) if i != 3]  # weight 3's output unused
     sum(o.square().sum() for o in used).backward()
     assert weights[1][0].grad is None and weights[3][0].grad is None

@@ -128,7 +128,12 @@ class _NormalizeFilters(torch.autograd.Function):
         ctx.specs, ctx.counts = specs, counts
         ctx.sizes = [w.shape[0] for w in weights]
         ctx.dtypes = [w.dtype for w in weights]
-        ctx.mark_non_differentiable(*units)
+        needs, start, frozen = ctx.needs_input_grad[2:], 0, []
+        for out, count in zip(outs, counts):  # shapes whose weights are all frozen
+            if not any(needs[start:start + count]):
+                frozen.append(out)
+            start += count
+        ctx.mark_non_differentiable(*units, *frozen)
         ctx.set_materialize_grads(False)  # no zeros for the unit filters' (absent) gradients
         return (*outs, *units)
 
@@ -162,7 +167,9 @@ class _FusedNormalizeFilters(torch.autograd.Function):
         outs, mean, rstd = fused_normalize_filters(weights, shift, eps, centered)
         ctx.save_for_backward(*weights, mean, rstd)
         ctx.args = (offsets_of(weights), shift, eps, centered)
-        ctx.mark_non_differentiable(mean, rstd)
+        # a frozen weight's output needs no gradient: its conv skips the weight's backward
+        frozen = [out for out, need in zip(outs, ctx.needs_input_grad[3:]) if not need]
+        ctx.mark_non_differentiable(mean, rstd, *frozen)
         ctx.set_materialize_grads(False)
         return (*outs, mean, rstd)
 
