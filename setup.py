@@ -4,10 +4,14 @@ from setuptools import find_packages, setup
 
 def fused_ops() -> dict:
     """The fused CPU ops (``mmdet_eps/ops/csrc``) as the plain shared library ``mmdet_eps._ext``,
-    loaded with ``torch.ops.load_library``; torch must be importable to build them."""
+    loaded with ``torch.ops.load_library``; torch must be importable to build them.
+
+    ``-fopenmp`` at compile time only: ``at::parallel_for`` then runs on the OpenMP runtime that
+    torch already loaded (its ``GOMP_*`` symbols resolve from libtorch's libgomp), not a second
+    one."""
     from torch.utils.cpp_extension import BuildExtension, CppExtension
     ext = CppExtension('mmdet_eps._ext', ['mmdet_eps/ops/csrc/filter_normalize.cpp'],
-                       extra_compile_args=['-O3', '-fopenmp-simd'])
+                       extra_compile_args=['-O3', '-fopenmp', '-fno-math-errno'])
     return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension})
 
 

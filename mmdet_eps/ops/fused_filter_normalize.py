@@ -10,6 +10,7 @@ results. Only CPU kernels exist: on a GPU the torch-ops path runs.
 """
 import glob
 import os.path as osp
+import warnings
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import List, Optional, Sequence, Tuple
 
@@ -23,7 +24,12 @@ def _load() -> bool:
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     for suffix in EXTENSION_SUFFIXES:
         for path in glob.glob(osp.join(root, '_ext' + suffix)):
-            torch.ops.load_library(path)
+            try:
+                torch.ops.load_library(path)
+            except OSError as error:  # built for another torch: rebuild with `make setup`
+                warnings.warn(f'{path} does not load ({error}); using torch ops instead of '
+                              'the fused CPU ops (rebuild: pip install -e .)', stacklevel=2)
+                return False
             return True
     return False
 

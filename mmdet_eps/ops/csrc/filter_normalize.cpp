@@ -28,37 +28,43 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-// Elements summed in one SIMD block before the block's sum joins a double accumulator.
-constexpr int64_t kBlock = 1024;
+// Reductions keep kLanes independent partial sums (a few SIMD registers, so that the adds do
+// not wait on each other) and move them into a double every kBlock elements.
+constexpr int64_t kLanes = 16;
+constexpr int64_t kBlock = 4096;
 // Elements per parallel task: small weights run inline.
 constexpr int64_t kGrainElements = 1 << 15;
 
-int64_t grain_rows(int64_t n) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(n, 1)); }
+int64_t grain_rows(int64_t n) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(n, 1));
+}
 
-template <typename T>
-inline double sum_shifted(const T* x, int64_t n, T shift) {
+// sum over i < n of f(i), for an element-wise term f
+template <typename T, typename F>
+inline double lane_sum(int64_t n, F f) {
   double total = 0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = start; i < end; ++i) s += x[i] - shift;
-    total += s;
+    T acc[kLanes] = {};
+    int64_t i = start;
+    for (; i + kLanes <= end; i += kLanes) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) acc[j] += f(i + j);
+    }
+    for (; i < end; ++i) acc[0] += f(i);
+    for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
   }
   return total;
 }
 
 template <typename T>
+inline double sum_shifted(const T* x, int64_t n, T shift) {
+  return lane_sum<T>(n, [&](int64_t i) { return x[i] - shift; });
+}
+
+template <typename T>
 inline double sum_sq_shifted(const T* x, int64_t n, T shift) {
-  double total = 0;
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t end = std::min(n, start + kBlock);
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = start; i < end; ++i) s += (x[i] - shift) * (x[i] - shift);
-    total += s;
-  }
-  return total;
+  return lane_sum<T>(n, [&](int64_t i) { return (x[i] - shift) * (x[i] - shift); });
 }
 
 // (sum g, sum g (x - shift))
@@ -67,14 +73,23 @@ inline std::pair<double, double> sum_and_dot(const T* g, const T* x, int64_t n, 
   double total_g = 0, total_gx = 0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
-    T sg = 0, sgx = 0;
-#pragma omp simd reduction(+ : sg, sgx)
-    for (int64_t i = start; i < end; ++i) {
-      sg += g[i];
-      sgx += g[i] * (x[i] - shift);
+    T acc_g[kLanes] = {}, acc_gx[kLanes] = {};
+    int64_t i = start;
+    for (; i + kLanes <= end; i += kLanes) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) {
+        acc_g[j] += g[i + j];
+        acc_gx[j] += g[i + j] * (x[i + j] - shift);
+      }
     }
-    total_g += sg;
-    total_gx += sgx;
+    for (; i < end; ++i) {
+      acc_g[0] += g[i];
+      acc_gx[0] += g[i] * (x[i] - shift);
+    }
+    for (int64_t j = 0; j < kLanes; ++j) {
+      total_g += acc_g[j];
+      total_gx += acc_gx[j];
+    }
   }
   return {total_g, total_gx};
 }
