@@ -171,6 +171,10 @@ def test_channels_last_and_autocast_match_the_per_conv_path():
 def test_group_by_is_validated_and_auto_is_backbone_in_one_process():
     with pytest.raises(ValueError, match='group_by'):
         WSResNet(depth=18, group_by='layer')
+    with pytest.raises(ValueError, match='fused'):
+        WSResNet(depth=18, fused='yes')
+    alone = WSResNet(depth=18, base_channels=8, group_by=None, fused=False)
+    assert all(m.fused is False for m in alone.modules() if isinstance(m, WSConv))
     assert WSResNet(depth=18, base_channels=8).group_by == 'backbone'
 
 
