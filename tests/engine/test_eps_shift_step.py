@@ -93,9 +93,10 @@ def test_lambda_w_goes_to_the_optimizer_only_in_its_own_form(optimizer, mode, de
     lam, eps, lr = 0.2, 0.1, 0.05
     conv = CONVS['ws'](3, 4, 3, fused=fused).double()
     wrapper = build_optim_wrapper(conv, dict(type=optimizer, lr=lr, weight_decay=lam),
-                                  eps_shift=dict(eps=eps, mode=mode))
+                                  eps_shift=dict(eps=eps, mode=mode, fused=fused))
     group = next(g for g in wrapper.optimizer.param_groups if 'eps_shift_family' in g)
-    assert group['weight_decay'] == (lam if delegated else 0.)
+    # the fused step does λW in its own pass: never delegated
+    assert group['weight_decay'] == (lam if delegated and not fused else 0.)
     ref = CONVS['ws'](3, 4, 3).double()
     ref.load_state_dict(conv.state_dict())
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)

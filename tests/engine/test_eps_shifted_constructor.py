@@ -22,12 +22,14 @@ def _group_of(optimizer, param):
     return next(g for g in optimizer.param_groups if any(p is param for p in g['params']))
 
 
-def test_only_normalized_weights_get_the_term():
+@pytest.mark.parametrize('fused', [None, False])
+def test_only_normalized_weights_get_the_term(fused):
     model = TinyNet('ws')
-    opt = build_optim_wrapper(model, SGD, eps_shift=dict(eps=1e-3)).optimizer
+    opt = build_optim_wrapper(model, SGD, eps_shift=dict(eps=1e-3, fused=fused)).optimizer
     conv = _group_of(opt, model.conv.weight)
     assert conv[FAMILY_KEY] == 'ws' and conv[LAMBDA_KEY] == pytest.approx(1e-4)
-    assert conv['weight_decay'] == pytest.approx(1e-4)  # λW: SGD's own coupled decay
+    # λW: SGD's own coupled decay, or the fused step's (on CPU by default)
+    assert conv['weight_decay'] == pytest.approx(0. if fused is None else 1e-4)
     for plain in (model.head.weight, model.fc.weight, model.bn.weight):
         group = _group_of(opt, plain)
         assert FAMILY_KEY not in group and group.get('weight_decay', 1e-4) == pytest.approx(1e-4)
@@ -117,10 +119,17 @@ def test_logs_a_summary_once():
     (dict(mode='sgd'), 'eps_shift.mode must be one of'),
     (dict(std='sample'), 'eps_shift.std must be one of'),
     (dict(epsilon=1e-3), "unknown key\\(s\\) \\['epsilon'\\]"),
+    (dict(fused='yes'), 'eps_shift.fused must be None, True or False'),
 ])
 def test_invalid_eps_shift_fails_at_build_naming_the_key(eps_shift, match):
     with pytest.raises(ValueError, match=match):
         build_optim_wrapper(TinyNet(), SGD, eps_shift=eps_shift)
+
+
+def test_fused_step_that_cannot_run_fails_at_build_naming_the_key():
+    model = TinyNet().to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match='eps_shift.fused=True cannot run here: a non-contig'):
+        build_optim_wrapper(model, SGD, eps_shift=dict(fused=True))
 
 
 def test_missing_weight_decay_and_fused_are_refused():

@@ -10,18 +10,20 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from mmdet_eps.models.layers import get_norm_family
+from mmdet_eps.ops import fused_unsupported
 
 from .eps_shifted_regularizer import (
     CORRECTION_KEY,
     EPS_KEY,
     FAMILY_KEY,
+    FUSED_KEY,
     LAMBDA_KEY,
     MODE_KEY,
     MODES,
     apply_eps_shift,
 )
 
-_EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0, std='population')
+_EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0, std='population', fused=None)
 #: Optimizers whose own ``weight_decay`` is decoupled from the gradient: ``mode='auto'`` gives
 #: the ε-shifted term the same form there, and the coupled form (SGD, Adam, ...) elsewhere.
 DECOUPLED_DECAY_OPTIMIZERS = ('AdamW', )
@@ -56,6 +58,9 @@ def _check_eps_shift(cfg: Optional[dict]) -> dict:
     if out['std'] not in _STD_CORRECTION:
         raise ValueError(f'paramwise_cfg.eps_shift.std must be one of '
                          f'{tuple(_STD_CORRECTION)}, got {out["std"]!r}')
+    if not (out['fused'] is None or isinstance(out['fused'], bool)):
+        raise ValueError(f'paramwise_cfg.eps_shift.fused must be None, True or False, '
+                         f'got {out["fused"]!r}')
     return out
 
 
@@ -98,7 +103,8 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     ``decay_mult``. ``λ∇R = λ W - λ ε sqrt(D/n) x`` (see ``eps_shifted_regularizer``): when the
     optimizer applies its own weight decay in the form of ``mode`` (SGD/Adam coupled, AdamW
     decoupled), the group's ``weight_decay`` is set to λ and the optimizer's multi-tensor kernels
-    do ``λ W``; a step pre-hook adds the rest.
+    do ``λ W``; a step pre-hook adds the rest. Where the fused CPU step applies (``fused``), it
+    does ``λ W`` in the same pass as the rest, and the group's own ``weight_decay`` is 0.
 
     Args:
         optim_wrapper_cfg (dict): As ``DefaultOptimWrapperConstructor``; ``optimizer.weight_decay``
@@ -115,6 +121,9 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             - ``std`` (str): WS's std in the term: ``'population'`` (the paper's formula) or
               ``'unbiased'`` (the authors' released code, to reproduce its trajectory exactly).
               Defaults to ``'population'``.
+            - ``fused`` (bool, optional): The fused CPU step (``mmdet_eps.ops``, one op per
+              group and one pass over each gradient) or torch ops. Defaults to None: fused
+              where it applies (contiguous float32/64 CPU weights, extension built).
 
             ``bias_decay_mult`` defaults to 0.
     """
@@ -155,8 +164,10 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if family is None:
                 continue
             lam = group.get('weight_decay', self.base_wd) * self.eps_shift['decay_mult']
+            delegate = self.delegate_decay and not self._fused_step(group['params'])
             group.update({
-                'weight_decay': lam if self.delegate_decay else 0.,
+                'weight_decay': lam if delegate else 0.,
+                FUSED_KEY: self.eps_shift['fused'],
                 FAMILY_KEY: family,
                 LAMBDA_KEY: lam,
                 EPS_KEY: self.eps_shift['eps'],
@@ -164,6 +175,14 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 CORRECTION_KEY: _STD_CORRECTION[self.eps_shift['std']],
             })
         params.extend(_merge_groups(per_tensor))
+
+    def _fused_step(self, params: List[nn.Parameter]) -> bool:
+        """Whether the step of these params will be the fused one."""
+        fused = self.eps_shift['fused']
+        why = fused_unsupported(params) if fused is not False else 'not requested'
+        if fused and why:
+            raise ValueError(f'paramwise_cfg.eps_shift.fused=True cannot run here: {why}')
+        return why is None
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)

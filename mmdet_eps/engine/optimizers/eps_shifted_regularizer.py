@@ -37,6 +37,8 @@ EPS_KEY = 'eps_shift_eps'
 MODE_KEY = 'eps_shift_mode'
 #: 0: the paper's population std in WS's term (default); 1: the unbiased std of the authors' code.
 CORRECTION_KEY = 'eps_shift_correction'
+#: The fused CPU step (True), torch ops (False) or where it applies (None).
+FUSED_KEY = 'eps_shift_fused'
 MODES = ('coupled', 'decoupled')
 
 
@@ -173,8 +175,8 @@ def apply_eps_shift(optimizer: Optimizer, *_) -> None:
     """Step pre-hook: apply the ε-shifted term to every param group tagged with ``FAMILY_KEY``.
 
     Runs inside ``optimizer.step()``: after gradient clipping and AMP unscaling, and not at all on
-    a step that AMP skips for overflow. The fused CPU op runs where it applies; otherwise a
-    group's own ``foreach`` flag, when set, chooses the implementation.
+    a step that AMP skips for overflow. The group's ``FUSED_KEY`` (the fused CPU op; None: where
+    it applies) and then its own ``foreach`` flag choose the implementation.
     """
     for group in optimizer.param_groups:
         family = group.get(FAMILY_KEY)
@@ -183,4 +185,4 @@ def apply_eps_shift(optimizer: Optimizer, *_) -> None:
         params = [p for p in group['params'] if p.grad is not None]
         eps_shift(params, family, group[EPS_KEY], group[LAMBDA_KEY], group[MODE_KEY],
                   group['lr'], group.get('weight_decay', 0.), group.get(CORRECTION_KEY, 0),
-                  group.get('foreach'))
+                  group.get('foreach'), group.get(FUSED_KEY))
