@@ -5,12 +5,15 @@ import os
 import pytest
 import torch
 from mmcv.cnn.bricks.conv_ws import ConvAWS2d, ConvWS2d
+from mmdet.models.backbones import ResNet
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.runner import load_checkpoint
 from torch import nn
 
+from mmdet_eps.models.backbones import WSResNet
 from mmdet_eps.models.layers import CWNConv, WNConv, WSConv, get_norm_family
+from mmdet_eps.utils.op_count import count_ops
 from tests.conftest import REPO, load_tool
 
 bake = load_tool('model_converters/bake_ws')
@@ -37,6 +40,27 @@ def test_bake_module_covers_every_family_and_keeps_outputs():
     assert model[5].stride == (2, 2) and model[2].bias is not None
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_baked_backbone_runs_what_a_plain_resnet_runs():
+    """No filter-group hook is left behind: the baked WSResNet dispatches the ops of mmdet's
+    plain ResNet, and gives the grouped model's outputs."""
+    torch.manual_seed(0)
+    model, plain = WSResNet(depth=18, base_channels=8), ResNet(depth=18, base_channels=8)
+    model.eval()  # mmdet's ResNet.train returns None
+    plain.eval()
+    assert model.filter_groups
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    bake.bake_module(model)
+    assert model.filter_groups == [] and not model._forward_pre_hooks
+    with torch.no_grad():
+        baked_ops = count_ops(lambda: model(x)).by_name
+        plain_ops = count_ops(lambda: plain(x)).by_name
+        for out, ref in zip(model(x), expected):
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert baked_ops == plain_ops
 
 
 def test_bake_config_dict():

@@ -77,6 +77,9 @@ def plain_conv(module: nn.Conv2d, weight: torch.Tensor) -> nn.Conv2d:
 def bake_module(model: nn.Module) -> List[Tuple[str, str]]:
     """Replace, in place, every normalized conv of ``model`` by a plain conv holding its
     normalized weight. Returns ``(name, class name)`` of each replaced module."""
+    for module in model.modules():  # grouped backbones: no hooks left normalizing old convs
+        if hasattr(module, 'ungroup_convs'):
+            module.ungroup_convs()
     baked = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Conv2d) or type(module) is nn.Conv2d:

@@ -50,6 +50,14 @@ class _GroupedNormMixin:
             regions = [self]
         self.filter_groups: List[FilterGroups] = group_normalized_convs(regions, fused)
 
+    def ungroup_convs(self) -> None:
+        """Detach the filter groups (their hooks and their hold on the convs): every conv
+        normalizes alone again. Call it before replacing the convs, as the bake tool does."""
+        for groups in self.filter_groups:
+            groups.remove()
+        self.filter_groups = []
+        self.group_by = None
+
 
 def _ws_conv_cfg(conv_cfg: Optional[ConfigType]) -> ConfigType:
     return dict(type='WSConv') if conv_cfg is None else conv_cfg
