@@ -5,10 +5,24 @@
 # VENV_ARGS=--system-site-packages) is never replaced.
 
 PYTHON ?= python3
-VENV ?= .venv
 VENV_ARGS ?=
-TORCH_SPEC ?= torch==2.13.0
 MMCV_VERSION ?= 2.1.0
+# A lane is a venv with its own torch line and its own mmcv build (docs/install.md):
+#   default  torch 2.13 (CPU build): the README's two commands
+#   current  torch 2.14.1 + torchvision 0.29.1 + mmpretrain 1.2.0: `make test-current`
+LANE ?= default
+ifeq ($(LANE),current)
+VENV ?= .venv-current
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= test,pretrain
+else
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test
+endif
+# mmcv's wheel is built once per torch line and kept there (tools/misc/build_mmcv.py): pip's own
+# cache would hand a wheel built against one torch to a venv with another.
+MMCV_CACHE ?= $(HOME)/.cache/mmdet-eps/mmcv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.mmdet-eps-setup
@@ -17,19 +31,18 @@ DEMO_CONFIG := configs/toy/cascade_rcnn_ws_eps_r18_toy.py
 DEMO_DIR := work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint toy-data benchmarks clean-demo
+.PHONY: setup demo test test-current lint toy-data benchmarks clean-demo
 
 setup: $(STAMP)
 
-$(STAMP): setup.py Makefile mmdet_eps/ops/csrc/filter_normalize.cpp
+$(STAMP): setup.py Makefile mmdet_eps/ops/csrc/filter_normalize.cpp tools/misc/build_mmcv.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install -q --upgrade pip wheel 'setuptools>=77,<81'
-	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install -q '$(TORCH_SPEC)'
+	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q 'numpy<2.3' ninja packaging
 	$(PY) -c 'import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != "$(MMCV_VERSION)")' 2>/dev/null \
-	  || { echo 'Building mmcv $(MMCV_VERSION) with ops (about 10 minutes once; pip caches the wheel)...'; \
-	       MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation 'mmcv==$(MMCV_VERSION)'; }
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	  || $(PY) tools/misc/build_mmcv.py --version $(MMCV_VERSION) --cache '$(MMCV_CACHE)'
+	$(PIP) install -q --no-build-isolation -e '.[$(EXTRAS)]'
 	$(PY) -c 'import mmdet_eps, mmcv.ops; print("mmdet-eps set up:", mmdet_eps.__version__)'
 	touch $(STAMP)
 
@@ -47,6 +60,10 @@ demo: setup toy-data
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite again on the current torch line (its own venv and mmcv build).
+test-current:
+	$(MAKE) test LANE=current
 
 lint: setup
 	$(PY) -m ruff check .

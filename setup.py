@@ -3,14 +3,19 @@ from setuptools import find_packages, setup
 
 
 def fused_ops() -> dict:
-    """The fused CPU ops (``mmdet_eps/ops/csrc``) as the plain shared library ``mmdet_eps._ext``,
-    loaded with ``torch.ops.load_library``; torch must be importable to build them.
+    """The fused CPU ops (``mmdet_eps/ops/csrc``) as the plain shared library
+    ``mmdet_eps._ext_torch<major>_<minor>`` (one per torch line: venvs of several lines can
+    share an editable checkout), loaded with ``torch.ops.load_library``; torch must be
+    importable to build them.
 
     ``-fopenmp`` at compile time only: ``at::parallel_for`` then runs on the OpenMP runtime that
     torch already loaded (its ``GOMP_*`` symbols resolve from libtorch's libgomp), not a second
     one."""
+    import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension
-    ext = CppExtension('mmdet_eps._ext', ['mmdet_eps/ops/csrc/filter_normalize.cpp'],
+    major, minor = torch.__version__.split('.')[:2]
+    ext = CppExtension(f'mmdet_eps._ext_torch{major}_{minor}',
+                       ['mmdet_eps/ops/csrc/filter_normalize.cpp'],
                        extra_compile_args=['-O3', '-fopenmp', '-fno-math-errno'])
     return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension})
 
@@ -33,7 +38,9 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest', 'pytest-timeout', 'faster-coco-eval', 'ruff'],
+        # onnx / onnxscript / onnxruntime: the export tests run the exported files for real
+        'test': ['pytest', 'pytest-timeout', 'faster-coco-eval', 'ruff', 'onnx', 'onnxscript',
+                 'onnxruntime'],
         'fast': ['faster-coco-eval'],
         # ImageNet pretraining (configs/imagenet, tools/pretrain.py): mmpretrain 1.2.0, the last
         # release, accepts mmcv 2.1 / mmengine 0.10. It imports torchvision, which must be the

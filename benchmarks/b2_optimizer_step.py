@@ -20,7 +20,7 @@ gradients. Candidates, each with its own copy of the parameters:
 Without mmdet (the GPU machine) the backbone is ``_torch_only.TorchResNet`` with the package's
 WSConv and the constructor's three groups are rebuilt by hand (WS weights: ε-shifted, their λW
 left to the optimizer's own decay as the constructor does; BN weights: decay; biases: no
-decay); the hook is the package's ``apply_eps_shift``.
+decay); the hook is the package's ``EpsShiftStep``.
 
     python benchmarks/b2_optimizer_step.py [--quick] [--device cuda]
 """
@@ -106,7 +106,7 @@ def eps_optimizer(model: nn.Module, pkg, optimizer: dict, mode: str) -> torch.op
         {'params': biases, 'weight_decay': 0.},
     ]
     opt = getattr(torch.optim, optimizer['type'])(groups, **kwargs)
-    opt.register_step_pre_hook(reg.apply_eps_shift)
+    opt.register_step_pre_hook(reg.EpsShiftStep(model))
     return opt
 
 

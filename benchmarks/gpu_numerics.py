@@ -7,7 +7,7 @@ Checks, on ``--device``:
    float64 on CPU, for the weight shapes of a ResNet-50;
 2. the same for groups of weights normalized together (``normalize_filter_batch``, as a
    WS-ResNet stage does);
-3. the optimizer step with the package's ``apply_eps_shift`` hook (after a forward, so with the
+3. the optimizer step with the package's ``EpsShiftStep`` hook (after a forward, so with the
    recorded unit filters, and without) against ``w - lr (g + λ∇R)`` of the paper's formula.
 
 Writes ``--out`` (JSON) and exits non-zero when an error exceeds its tolerance.
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             opt = torch.optim.SGD([{'params': [conv.weight], 'weight_decay': 0.,
                                     reg.FAMILY_KEY: family, reg.LAMBDA_KEY: lam,
                                     reg.EPS_KEY: eps, reg.MODE_KEY: 'coupled'}], lr=lr)
-            opt.register_step_pre_hook(reg.apply_eps_shift)
+            opt.register_step_pre_hook(reg.EpsShiftStep(conv))
             x = torch.randn(2, 64, 16, 16, device=dev)
             if warm:
                 conv(x).square().mean().backward()

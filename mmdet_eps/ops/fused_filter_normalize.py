@@ -3,10 +3,16 @@
 The ops take lists of weights of any filter shapes and work per filter in one call each:
 ``normalize_filters`` (forward: normalized weights, per-filter mean and rstd), its backward, and
 ``eps_shift_`` (``target += a W + b (W - m) rstd``, the ε-shifted step). They are built by
-``setup.py`` as ``mmdet_eps._ext`` (a plain shared library registering ``torch.ops.mmdet_eps``);
-when it is absent (no compiler at install, or a copy of the sources that was not installed)
-:data:`FUSED_AVAILABLE` is False and callers use the torch-ops path, which gives the same
-results. Only CPU kernels exist: on a GPU the torch-ops path runs.
+``setup.py`` as ``mmdet_eps._ext_torch<major>_<minor>`` (a plain shared library registering
+``torch.ops.mmdet_eps``; one per torch line, so venvs of several torch lines can share an
+editable checkout); when it is absent (no compiler at install, or a copy of the sources that
+was not installed) :data:`FUSED_AVAILABLE` is False and callers use the torch-ops path, which
+gives the same results. Only CPU kernels exist: on a GPU the torch-ops path runs.
+
+As torch documents for custom ops, each op has a fake kernel (output shapes from input shapes,
+``torch.library.register_fake``) and ``normalize_filters`` its autograd formula
+(``torch.library.register_autograd``: the backward op), so ``torch.compile`` and AOT autograd
+trace them like aten ops (``torch.library.opcheck`` passes, tests/ops).
 """
 import glob
 import os.path as osp
@@ -20,10 +26,16 @@ from torch import Tensor
 _DTYPES = (torch.float32, torch.float64)
 
 
+def extension_name() -> str:
+    """The extension's module name for the torch line in use (C++ ABI differs across lines)."""
+    major, minor = torch.__version__.split('.')[:2]
+    return f'_ext_torch{major}_{minor}'
+
+
 def _load() -> bool:
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     for suffix in EXTENSION_SUFFIXES:
-        for path in glob.glob(osp.join(root, '_ext' + suffix)):
+        for path in glob.glob(osp.join(root, extension_name() + suffix)):
             try:
                 torch.ops.load_library(path)
             except OSError as error:  # built for another torch: rebuild with `make setup`
@@ -34,15 +46,74 @@ def _load() -> bool:
     return False
 
 
+def _fake_normalize_filters(weights: List[Tensor], shift: List[float], eps: List[float],
+                            centered: List[int]) -> Tuple[List[Tensor], Tensor, Tensor]:
+    torch._check(len(weights) > 0, lambda: 'normalize_filters: no weights')
+    total = sum(w.shape[0] for w in weights)
+    return ([torch.empty_like(w) for w in weights], weights[0].new_empty(total),
+            weights[0].new_empty(total))
+
+
+def _fake_normalize_filters_backward(grads: List[Tensor], weights: List[Tensor], mean: Tensor,
+                                     rstd: Tensor, offsets: List[int], shift: List[float],
+                                     eps: List[float], centered: List[int]) -> List[Tensor]:
+    torch._check(len(grads) == len(weights), lambda: 'argument lists of different lengths')
+    return [torch.empty_like(w) for w in weights]
+
+
+def _fake_eps_shift_(targets: List[Tensor], weights: List[Tensor], means: List[Tensor],
+                     rstds: List[Tensor], offsets: List[int], a: List[float],
+                     b: List[float]) -> None:
+    torch._check(len(targets) == len(weights), lambda: 'argument lists of different lengths')
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    weights, shift, eps, centered = inputs
+    outs, mean, rstd = output
+    ctx.save_for_backward(*weights, mean, rstd)
+    ctx.args = (offsets_of(weights), list(shift), list(eps), list(centered))
+    # a frozen weight's output needs no gradient: its conv skips the weight's backward
+    ctx.mark_non_differentiable(mean, rstd,
+                                *[o for o, w in zip(outs, weights) if not w.requires_grad])
+    ctx.set_materialize_grads(False)  # an unused output's weight gets no gradient, not zeros
+
+
+def _backward(ctx, grads: List[Tensor], grad_mean: Optional[Tensor],
+              grad_rstd: Optional[Tensor]) -> tuple:
+    *weights, mean, rstd = ctx.saved_tensors
+    need = [i for i, needed in enumerate(ctx.needs_input_grad[0])
+            if needed and grads[i] is not None]
+    offsets, shift, eps, centered = ([seq[i] for i in need] for seq in ctx.args)
+    grads_in = torch.ops.mmdet_eps.normalize_filters_backward(
+        [grads[i] for i in need], [weights[i] for i in need], mean, rstd, offsets, shift, eps,
+        centered)
+    result: List[Optional[Tensor]] = [None] * len(weights)
+    for i, grad in zip(need, grads_in):
+        result[i] = grad
+    return result, None, None, None
+
+
+def _register() -> None:
+    """Fake kernels and the autograd formula of the ops (see the module's docstring)."""
+    torch.library.register_fake('mmdet_eps::normalize_filters')(_fake_normalize_filters)
+    torch.library.register_fake('mmdet_eps::normalize_filters_backward')(
+        _fake_normalize_filters_backward)
+    torch.library.register_fake('mmdet_eps::eps_shift_')(_fake_eps_shift_)
+    torch.library.register_autograd('mmdet_eps::normalize_filters', _backward,
+                                    setup_context=_setup_context)
+
+
 #: Whether the compiled ops are loaded.
 FUSED_AVAILABLE: bool = _load()
+if FUSED_AVAILABLE:
+    _register()
 
 
 def fused_unsupported(tensors: Sequence[Tensor]) -> Optional[str]:
     """Why the fused ops cannot take ``tensors`` (None when they can): they need the extension
     and contiguous CPU tensors of one floating dtype, float32 or float64."""
     if not FUSED_AVAILABLE:
-        return 'the compiled extension mmdet_eps._ext is not built'
+        return f'the compiled extension mmdet_eps.{extension_name()} is not built'
     dtype = tensors[0].dtype if tensors else None
     if dtype in _DTYPES and all(t.is_cpu and t.dtype == dtype and t.is_contiguous()
                                 for t in tensors):

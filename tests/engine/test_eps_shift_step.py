@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmdet_eps.engine.optimizers import apply_eps_shift, eps_shifted_grad
+from mmdet_eps.engine.optimizers import EpsShiftStep, eps_shifted_grad
 from mmdet_eps.models.layers import take_unit_filters, unit_filters
 from mmdet_eps.models.layers.filter_stats import FilterMoments, take_filter_moments
 
@@ -19,14 +19,15 @@ def test_forward_records_unit_filters_until_the_weight_changes(family):
     conv = CONVS[family](4, 6, 3, fused=False).double()  # the torch-ops path records units
     conv(torch.randn(1, 4, 5, 5, dtype=torch.float64)).sum().backward()
     centered = family != 'wn'
-    recorded = conv.weight._eps_unit_filters.unit
+    recorded = conv.step_stats.unit  # the layer owns it, not the weight tensor
+    assert not conv.weight.__dict__
     torch.testing.assert_close(recorded, unit_filters(conv.weight, centered))
-    assert take_unit_filters(conv.weight, centered) is recorded  # the forward's, once
-    assert take_unit_filters(conv.weight, centered) is not recorded  # then recomputed
+    assert take_unit_filters(conv.weight, centered, conv) is recorded  # the forward's, once
+    assert take_unit_filters(conv.weight, centered, conv) is not recorded  # then recomputed
     conv(torch.randn(1, 4, 5, 5, dtype=torch.float64))
     with torch.no_grad():
         conv.weight.mul_(-2.).add_(0.1)  # any in-place write bumps the version counter
-    fresh = take_unit_filters(conv.weight, centered)
+    fresh = take_unit_filters(conv.weight, centered, conv)
     torch.testing.assert_close(fresh, unit_filters(conv.weight, centered))
     assert not torch.allclose(fresh, recorded)
 
@@ -37,17 +38,17 @@ def test_fused_forward_records_moments_until_the_weight_changes(family):
     conv = CONVS[family](4, 6, 3, fused=True).double()
     conv(torch.randn(1, 4, 5, 5, dtype=torch.float64)).sum().backward()
     centered = family != 'wn'
-    record = conv.weight._eps_unit_filters
+    record = conv.step_stats
     assert isinstance(record, FilterMoments)
-    (mean, ), (rstd, ), (offset, ) = take_filter_moments([conv.weight], centered)
+    (mean, ), (rstd, ), (offset, ) = take_filter_moments([conv.weight], centered, [conv])
     assert mean is record.mean and offset == record.offset  # the forward's, once
     unit = (conv.weight - mean.view(-1, 1, 1, 1)) * rstd.view(-1, 1, 1, 1)
     torch.testing.assert_close(unit, unit_filters(conv.weight, centered))
-    assert not hasattr(conv.weight, '_eps_unit_filters')
+    assert conv.step_stats is None
     conv(torch.randn(1, 4, 5, 5, dtype=torch.float64))
     with torch.no_grad():
         conv.weight.mul_(-2.).add_(0.1)
-    torch.testing.assert_close(take_unit_filters(conv.weight, centered),
+    torch.testing.assert_close(take_unit_filters(conv.weight, centered, conv),
                                unit_filters(conv.weight, centered))  # recomputed
 
 
@@ -57,7 +58,7 @@ def test_frozen_or_no_grad_forwards_record_nothing():
         conv(torch.randn(1, 4, 5, 5))
     conv.weight.requires_grad_(False)
     conv(torch.randn(1, 4, 5, 5))
-    assert not hasattr(conv.weight, '_eps_unit_filters')
+    assert conv.step_stats is None
 
 
 @pytest.mark.parametrize('family', FAMILIES)
@@ -129,7 +130,7 @@ def test_channels_last_weights_and_gradients(mode, foreach):
                                     eps_shift_lambda=0.2, eps_shift_eps=0.1,
                                     eps_shift_mode=mode, weight_decay=0.)], lr=0.1,
                               foreach=foreach)
-        opt.register_step_pre_hook(apply_eps_shift)
+        opt.register_step_pre_hook(EpsShiftStep(conv))
         conv(x).square().sum().backward()
         opt.step()
     torch.testing.assert_close(convs[1].weight, convs[0].weight)
@@ -145,7 +146,7 @@ def test_mixed_dtypes_and_shapes_in_one_group(foreach):
     opt = torch.optim.SGD([dict(params=params, eps_shift_family='cwn', eps_shift_lambda=0.1,
                                 eps_shift_eps=0.5, eps_shift_mode='coupled')], lr=1.,
                           foreach=foreach)
-    opt.register_step_pre_hook(apply_eps_shift)
+    opt.register_step_pre_hook(EpsShiftStep())  # no model: statistics computed at the step
     w0 = [p.detach().clone() for p in params]
     opt.step()
     for p, w in zip(params, w0):
@@ -163,7 +164,7 @@ def test_data_write_between_forward_and_step_keeps_the_forward_statistics(fused)
     conv(x).sum().backward()
     w_forward = conv.weight.detach().clone()
     conv.weight.data.add_(torch.randn_like(w_forward))
-    unit = take_unit_filters(conv.weight, True)
+    unit = take_unit_filters(conv.weight, True, conv)
     expected = unit_filters(w_forward, True)
     if fused:
         flat = w_forward.flatten(1)

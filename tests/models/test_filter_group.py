@@ -52,8 +52,10 @@ def _normalize_nodes(model, x):
         if node is None or node in seen:
             continue
         seen.add(node)
-        count += type(node).__name__ in ('_NormalizeFiltersBackward',
-                                         '_FusedNormalizeFiltersBackward')
+        count += type(node).__name__ in ('_NormalizeFiltersBackward',  # torch ops
+                                         # the fused op's registered autograd formula
+                                         'GeneratedBackwardFor_mmdet_eps_normalize_filters_'
+                                         'defaultBackward')
         stack.extend(n for n, _ in node.next_functions)
     return count
 
@@ -91,8 +93,8 @@ def test_frozen_stages_are_normalized_without_autograd():
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     for a, b in zip(ours(x), ref(x)):
         torch.testing.assert_close(a, b)
-    assert not hasattr(ours.layer1[0].conv1.weight, '_eps_unit_filters')
-    assert hasattr(ours.layer2[0].conv1.weight, '_eps_unit_filters')
+    assert ours.layer1[0].conv1.step_stats is None
+    assert ours.layer2[0].conv1.step_stats is not None
 
 
 class _SemiModel(nn.Module):
@@ -197,6 +199,8 @@ def test_grouping_cuts_the_ops_of_a_thin_resnet50():
     grouped = ops(WSResNet(depth=50, base_channels=4, group_by='backbone', fused=False))
     per_conv = ops(WSResNet(depth=50, base_channels=4, group_by=None, fused=False))
     fused = ops(WSResNet(depth=50, base_channels=4, group_by='backbone', fused=True))
-    assert grouped - plain <= 200
+    # torch ops: a few kernels per filter shape plus the metadata-only views that give group
+    # norm's backward the shapes its schema says (7 per filter shape, no kernel)
+    assert grouped - plain <= 250
     assert per_conv - plain > 3 * (grouped - plain)
     assert fused - plain <= 2  # one op forward, one backward

@@ -153,3 +153,22 @@ def test_ops_check_their_arguments():
         fused_eps_shift_([w.clone()], [w], [mean], [rstd], [2], [0.1], [0.1])
     with pytest.raises(RuntimeError, match='contiguous CPU tensors of one dtype'):
         fused_eps_shift_([w.double()], [w], [mean], [rstd], offsets, [0.1], [0.1])
+
+
+def test_ops_pass_opcheck():
+    """Registered as torch documents custom ops: schema, fake kernel, autograd formula
+    (torch.library.opcheck runs the op under fake tensors, AOT autograd with dynamic shapes,
+    and checks the schema's mutation and aliasing claims)."""
+    _, weights = _batch(dtype=torch.float32)
+    flat = [w.detach().requires_grad_(i != 1) for i, (w, ) in enumerate(weights)]
+    args = ([1.0, 2.5, 1.0, 0.5, 1.0], [1e-5, 0., 0.3, 1e-3, 0.], [1, 1, 1, 0, 0])
+    torch.library.opcheck(torch.ops.mmdet_eps.normalize_filters.default, (flat, *args))
+    outs, mean, rstd = torch.ops.mmdet_eps.normalize_filters([w.detach() for w in flat], *args)
+    grads = [torch.randn_like(w) for w in flat]
+    offsets = [0, 6, 11, 14, 18]
+    torch.library.opcheck(torch.ops.mmdet_eps.normalize_filters_backward.default,
+                          (grads, [w.detach() for w in flat], mean, rstd, offsets, *args))
+    targets = [torch.randn_like(w) for w in flat]
+    torch.library.opcheck(torch.ops.mmdet_eps.eps_shift_.default,
+                          (targets, [w.detach() for w in flat], [mean] * 5, [rstd] * 5, offsets,
+                           [0.1] * 5, [-0.2] * 5))

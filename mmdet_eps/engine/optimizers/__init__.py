@@ -1,5 +1,5 @@
 """The ε-shifted L2 regularizer and the constructor that applies it."""
 from .eps_shifted_constructor import EpsShiftedOptimWrapperConstructor
-from .eps_shifted_regularizer import apply_eps_shift, eps_shift, eps_shifted_grad
+from .eps_shifted_regularizer import EpsShiftStep, eps_shift, eps_shifted_grad
 
-__all__ = ['EpsShiftedOptimWrapperConstructor', 'apply_eps_shift', 'eps_shift', 'eps_shifted_grad']
+__all__ = ['EpsShiftedOptimWrapperConstructor', 'EpsShiftStep', 'eps_shift', 'eps_shifted_grad']

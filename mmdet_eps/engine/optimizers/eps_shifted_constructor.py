@@ -20,7 +20,7 @@ from .eps_shifted_regularizer import (
     LAMBDA_KEY,
     MODE_KEY,
     MODES,
-    apply_eps_shift,
+    EpsShiftStep,
 )
 
 _EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0, std='population', fused=None)
@@ -189,7 +189,7 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optimizer = optim_wrapper.optimizer
         if optimizer.defaults.get('fused'):
             raise ValueError('fused optimizers are not supported by the ε-shifted term')
-        optimizer.register_step_pre_hook(apply_eps_shift)
+        optimizer.register_step_pre_hook(EpsShiftStep(model))
         self._log_summary(optimizer)
         return optim_wrapper
 

@@ -16,14 +16,21 @@ fused op (``mmdet_eps.ops``) forms the unit filters on the fly from the per-filt
 the fused forward recorded: one pass over each gradient, as plain weight decay.
 """
 import math
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from mmdet_eps.models.layers import fan_in, is_centered, scale_divisor, take_unit_filters
+from mmdet_eps.models.layers import (
+    NormalizedConv2d,
+    fan_in,
+    is_centered,
+    scale_divisor,
+    take_unit_filters,
+)
 from mmdet_eps.models.layers.filter_stats import (
+    StatsOwner,
     holds_unit_filters,
     take_filter_moments,
     unit_filters,
@@ -87,10 +94,11 @@ def _multi_tensor_eps_shift(params: List[Tensor], units: List[Tensor], coefs: Li
     _eps_shift(params, units, coefs, lam, decoupled, lr, opt_decay, foreach=True)
 
 
-def _fused_eps_shift(params: List[Tensor], centered: bool, coefs: List[float], lam: float,
-                     decoupled: bool, lr: float, opt_decay: float) -> None:
+def _fused_eps_shift(params: List[Tensor], owners: Sequence[Optional[StatsOwner]],
+                     centered: bool, coefs: List[float], lam: float, decoupled: bool, lr: float,
+                     opt_decay: float) -> None:
     """:func:`_eps_shift` in one fused op: ``target += a W + b (W - m) rstd`` per tensor."""
-    moments = take_filter_moments(params, centered)
+    moments = take_filter_moments(params, centered, owners)
     own = 0. if opt_decay else lam
     if not decoupled:  # g += λ W - c x
         fused_eps_shift_([p.grad for p in params], params, *moments, [own] * len(params),
@@ -126,7 +134,8 @@ def _eps_shift(params: List[Tensor], units: List[Tensor], coefs: List[float], la
 
 def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: str, lr: float,
               opt_decay: float = 0., correction: int = 0, foreach: Optional[bool] = None,
-              fused: Optional[bool] = None) -> None:
+              fused: Optional[bool] = None,
+              owners: Optional[Sequence[Optional[StatsOwner]]] = None) -> None:
     """The ε-shifted update of one param group's normalized weights (those with a gradient).
 
     Args:
@@ -147,42 +156,76 @@ def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: s
         fused (bool, optional): The fused CPU op (one per group, see ``mmdet_eps.ops``); it
             takes precedence over ``foreach``. Defaults to None: as the forward (fused unless
             it recorded unit filters, i.e. ran torch ops), where the op applies.
+        owners (Sequence[StatsOwner], optional): Per param, the layer holding what its last
+            eager forward computed (see ``filter_stats``), or None. Defaults to None: the
+            statistics are computed here.
     """
     if not params:
         return
+    owners = [None] * len(params) if owners is None else owners
     centered = is_centered(family)
     by_shape = {}  # many weights share a filter shape: one coefficient each
     coefs = [by_shape.get(p.shape[1:]) or by_shape.setdefault(
         p.shape[1:], unit_coefficient(p, family, eps, lam, correction)) for p in params]
     if fused or fused is None:
         why = fused_unsupported(params + [p.grad for p in params])
-        if fused is None and why is None and holds_unit_filters(params):
+        if fused is None and why is None and holds_unit_filters(owners):
             why = 'the forward ran torch ops'
         if fused and why:
             raise RuntimeError(f'fused ε-shifted step unavailable: {why}')
         if why is None:
-            _fused_eps_shift(params, centered, coefs, lam, mode == 'decoupled', lr, opt_decay)
+            _fused_eps_shift(params, owners, centered, coefs, lam, mode == 'decoupled', lr,
+                             opt_decay)
             return
     if foreach is None:
         foreach = params[0].device.type != 'cpu'
-    units = [take_unit_filters(p, centered) for p in params]
+    units = [take_unit_filters(p, centered, owner) for p, owner in zip(params, owners)]
     impl = _multi_tensor_eps_shift if foreach else _single_tensor_eps_shift
     impl(params, units, coefs, lam, mode == 'decoupled', lr, opt_decay)
 
 
-@torch.no_grad()
-def apply_eps_shift(optimizer: Optimizer, *_) -> None:
-    """Step pre-hook: apply the ε-shifted term to every param group tagged with ``FAMILY_KEY``.
+class EpsShiftStep:
+    """Optimizer step pre-hook: the ε-shifted term for every param group tagged with
+    ``FAMILY_KEY``.
 
     Runs inside ``optimizer.step()``: after gradient clipping and AMP unscaling, and not at all on
     a step that AMP skips for overflow. The group's ``FUSED_KEY`` (the fused CPU op; None: where
-    it applies) and then its own ``foreach`` flag choose the implementation.
+    it applies) and then its own ``foreach`` flag choose the implementation. The statistics an
+    eager forward computed are taken from the weights' owners, the model's
+    ``NormalizedConv2d`` layers (see ``models/layers/filter_stats``); weights without one (mmcv's
+    ``ConvWS2d``, no model given, a compiled forward) get them computed here.
+
+    Under ``torch.compile`` (mmengine's ``compile=True`` compiles ``train_step``, optimizer step
+    included) this hook is one explicit boundary: it runs eagerly, so the owners' Python state
+    and the fused op need no tracing, and it is never skipped.
+
+    Args:
+        model (nn.Module, optional): The model whose layers own the weights. Defaults to None.
     """
-    for group in optimizer.param_groups:
-        family = group.get(FAMILY_KEY)
-        if family is None:
-            continue
-        params = [p for p in group['params'] if p.grad is not None]
-        eps_shift(params, family, group[EPS_KEY], group[LAMBDA_KEY], group[MODE_KEY],
-                  group['lr'], group.get('weight_decay', 0.), group.get(CORRECTION_KEY, 0),
-                  group.get('foreach'), group.get(FUSED_KEY))
+
+    def __init__(self, model: Optional[nn.Module] = None) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, NormalizedConv2d)
+                       ] if model is not None else []
+        #: Per param group, the owner of each param (None: no owner); rebuilt when the groups'
+        #: sizes change.
+        self.owners: List[List[Optional[StatsOwner]]] = []
+
+    def _owners_of(self, groups: List[dict]) -> List[List[Optional[StatsOwner]]]:
+        if [len(o) for o in self.owners] != [len(g['params']) for g in groups]:
+            self.owners = [[next((m for m in self.layers if m.weight is p), None)
+                            for p in g['params']] for g in groups]
+        return self.owners
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def __call__(self, optimizer: Optimizer, *_) -> None:
+        groups = optimizer.param_groups
+        for group, owners in zip(groups, self._owners_of(groups)):
+            family = group.get(FAMILY_KEY)
+            if family is None:
+                continue
+            pairs = [(p, o) for p, o in zip(group['params'], owners) if p.grad is not None]
+            eps_shift([p for p, _ in pairs], family, group[EPS_KEY], group[LAMBDA_KEY],
+                      group[MODE_KEY], group['lr'], group.get('weight_decay', 0.),
+                      group.get(CORRECTION_KEY, 0), group.get('foreach'), group.get(FUSED_KEY),
+                      [o for _, o in pairs])

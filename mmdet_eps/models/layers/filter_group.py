@@ -102,7 +102,7 @@ class FilterGroups:
     def normalize(self) -> None:
         """Normalize every group's weights in one call and hand them to the groups."""
         outs = normalize_batch(self.specs, [group.params() for group in self.groups], self.fused,
-                               record=True)
+                               owners=[group.convs for group in self.groups])
         for group, weights in zip(self.groups, outs):
             group.hold(weights)
 

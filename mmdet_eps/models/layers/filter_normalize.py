@@ -25,6 +25,12 @@ Two implementations, chosen per call by ``fused`` (as torch's optimizers choose 
 *torch-ops* path above runs on any device; the *fused* path (CPU, ``mmdet_eps.ops``) does the
 same arithmetic for all weights of the batch in one op forward and one backward, with no
 concatenation, and returns per-filter means and rstds instead of unit filters.
+
+Under ``torch.compile`` and the exporters the torch-ops path is the textbook expression in plain,
+differentiable torch ops (:func:`_traceable_normalize`): the compiler derives its backward and
+fuses it, and an exported graph holds standard ops only. The fused ops are registered custom ops
+(schema, fake kernel, autograd: ``mmdet_eps.ops``), so ``torch.compile`` keeps them in its graph;
+exporters always get the standard ops.
 """
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -33,14 +39,16 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from mmdet_eps.ops import (
-    fused_normalize_filters,
-    fused_normalize_filters_backward,
-    fused_unsupported,
-    offsets_of,
-)
+from mmdet_eps.ops import fused_normalize_filters, fused_unsupported, offsets_of
 
-from .filter_stats import fan_in, filter_dims, record_filter_moments, record_unit_filters
+from .filter_stats import (
+    StatsOwner,
+    fan_in,
+    filter_dims,
+    record_filter_moments,
+    record_unit_filters,
+    recording,
+)
 
 #: Dtypes normalized in float32 (their outputs are cast back).
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -94,12 +102,17 @@ def _backward(spec: FilterNorm, saved: Sequence[Tensor], grad: Tensor) -> Tensor
     if spec.centered:
         x, mean, rstd, denom, unit = saved
         f = denom.reciprocal()
-        c_out = x.shape[0]
+        c_out, n = x.shape[0], fan_in(x)
+        # group norm over a (1, C_out, n) input with one group per filter, called as its schema
+        # says: mean and rstd (N, groups) = (1, C_out), weight and its gradient (C_out,)
         grad_x, dot, _ = torch.ops.aten.native_group_norm_backward(
-            grad, x, mean, rstd, f, 1, c_out, fan_in(x), c_out, [True, spec.eps != 0, False])
+            grad.view(1, c_out, n), x.reshape(1, c_out, n), mean.view(1, c_out),
+            rstd.view(1, c_out), f.view(c_out), 1, c_out, n, c_out,
+            [True, spec.eps != 0, False])
+        grad_x = grad_x.view(x.shape)
         if spec.eps:
             t2 = rstd.mul(f).square_()
-            grad_x.addcmul_(unit, t2.mul_(dot), value=spec.eps / fan_in(x))
+            grad_x.addcmul_(unit, t2.mul_(dot.view_as(t2)), value=spec.eps / n)
         return grad_x
     x, inv_norm, denom = saved
     t = denom.reciprocal()
@@ -156,61 +169,50 @@ class _NormalizeFilters(torch.autograd.Function):
         return tuple(result)
 
 
-class _FusedNormalizeFilters(torch.autograd.Function):
-    """The fused CPU ops as one autograd node. Inputs: per-weight ``shift``, ``eps``,
-    ``centered`` lists, then the weights. Outputs: the normalized weights, then the per-filter
-    means and rstds of all of them (concatenated)."""
+def _traceable_normalize(spec: FilterNorm, weight: Tensor) -> Tensor:
+    """The torch-ops forward as the textbook expression in plain differentiable torch ops, for
+    the compiler and the exporters: ``u / (c sqrt(||u||² / n + tiny) + eps)``, equal to
+    :func:`_forward`'s output (``c = sqrt(n / D)``; ``tiny`` as there)."""
+    x = weight.float() if weight.dtype in _UPCAST else weight
+    dims = filter_dims(x)
+    if spec.centered:
+        u = x - x.mean(dims, keepdim=True)
+        var = u.square().mean(dims, keepdim=True)
+        if spec.eps:
+            var = var + torch.finfo(x.dtype).tiny
+        out = u / (var.sqrt() * spec.root + spec.eps)
+    else:
+        norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+        out = x / (norm / math.sqrt(spec.divisor) + spec.eps)
+    return out.to(weight.dtype)
 
-    @staticmethod
-    def forward(ctx, shift: List[float], eps: List[float], centered: List[int],
-                *weights: Tensor) -> Tuple[Tensor, ...]:
-        outs, mean, rstd = fused_normalize_filters(weights, shift, eps, centered)
-        ctx.save_for_backward(*weights, mean, rstd)
-        ctx.args = (offsets_of(weights), shift, eps, centered)
-        # a frozen weight's output needs no gradient: its conv skips the weight's backward
-        frozen = [out for out, need in zip(outs, ctx.needs_input_grad[3:]) if not need]
-        ctx.mark_non_differentiable(mean, rstd, *frozen)
-        ctx.set_materialize_grads(False)
-        return (*outs, mean, rstd)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-        *weights, mean, rstd = ctx.saved_tensors
-        count = len(weights)
-        need = [i for i in range(count) if ctx.needs_input_grad[3 + i] and grads[i] is not None]
-        lists = (grads[:count], weights, *ctx.args)
-        if len(need) < count:  # frozen weights: no gradient computed for them
-            lists = tuple([seq[i] for i in need] for seq in lists)
-        grads_in = fused_normalize_filters_backward(lists[0], lists[1], mean, rstd, *lists[2:])
-        result: List[Optional[Tensor]] = [None] * count
-        for i, grad in zip(need, grads_in):
-            result[i] = grad
-        return (None, None, None, *result)
+def exporting() -> bool:
+    """Whether an exporter traces the model (``torch.export``, ONNX, TorchScript tracing): the
+    graph must then hold standard ops only."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def _fused_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
-                 flat: List[Tensor], train: bool, record: bool) -> List[List[Tensor]]:
+                 flat: List[Tensor], train: bool,
+                 owners: Optional[List[StatsOwner]]) -> List[List[Tensor]]:
     args = ([spec.root for spec, group in zip(specs, weights) for _ in group],
             [spec.eps for spec, group in zip(specs, weights) for _ in group],
             [int(spec.centered) for spec, group in zip(specs, weights) for _ in group])
-    if train:
-        *outs, mean, rstd = _FusedNormalizeFilters.apply(*args, *flat)
-        if record:
-            for weight, offset in zip(flat, offsets_of(flat)):
-                if weight.requires_grad:
-                    record_filter_moments(weight, mean, rstd, offset)
-    else:
-        outs = fused_normalize_filters(flat, *args)[0]
+    outs, mean, rstd = fused_normalize_filters(flat, *args)  # autograd registered with the op
+    if train and owners is not None:
+        for weight, owner, offset in zip(flat, owners, offsets_of(flat)):
+            if weight.requires_grad:
+                record_filter_moments(owner, weight, mean, rstd, offset)
     nested, start = [], 0
     for group in weights:
-        nested.append(outs[start:start + len(group)])
+        nested.append(list(outs[start:start + len(group)]))
         start += len(group)
     return nested
 
 
 def _torch_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
-                 flat: List[Tensor], train: bool, record: bool
+                 flat: List[Tensor], train: bool, owners: Optional[List[StatsOwner]]
                  ) -> Tuple[List[List[Tensor]], List[Tensor]]:
     if train:
         results = _NormalizeFilters.apply(tuple(specs), tuple(len(g) for g in weights), *flat)
@@ -221,19 +223,22 @@ def _torch_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]
             out, unit, _ = _forward(spec, group)
             outs.append(out if out.dtype == group[0].dtype else out.to(group[0].dtype))
             units.append(unit)
-    nested = []
+    nested, start = [], 0
     for out, unit, group in zip(outs, units, weights):
         sizes = [w.shape[0] for w in group]
         nested.append(list(out.split_with_sizes(sizes)) if len(group) > 1 else [out])
-        if record and train and any(w.requires_grad for w in group):
-            for weight, u in zip(group, unit.split_with_sizes(sizes)):
+        if train and owners is not None:
+            for weight, owner, u in zip(group, owners[start:], unit.split_with_sizes(sizes)):
                 if weight.requires_grad:
-                    record_unit_filters(weight, u)
+                    record_unit_filters(owner, weight, u)
+        start += len(group)
     return nested, list(units)
 
 
 def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
-                    fused: Optional[bool] = None, record: bool = False) -> List[List[Tensor]]:
+                    fused: Optional[bool] = None,
+                    owners: Optional[Sequence[Sequence[StatsOwner]]] = None
+                    ) -> List[List[Tensor]]:
     """Normalize lists of weights, one list per filter shape (``specs[i]`` for ``weights[i]``),
     in one autograd node (none when no weight needs a gradient).
 
@@ -242,21 +247,31 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
         weights (Sequence[Sequence[Tensor]]): The weights, one list per filter shape.
         fused (bool, optional): The fused CPU ops (one op forward and one backward for all the
             weights) or torch ops (a few per filter shape, on any device). Defaults to None:
-            fused when the ops take the weights (``mmdet_eps.ops.fused_unsupported``).
-        record (bool): Record on each weight that trains what the ε-shifted step needs (see
-            ``filter_stats``). Defaults to False.
+            fused when the ops take the weights (``mmdet_eps.ops.fused_unsupported``). Exporters
+            always get torch ops.
+        owners (Sequence[Sequence[StatsOwner]], optional): The layers that own the weights,
+            nested as ``weights``: an eager forward hands each trainable weight's statistics
+            to its owner for the ε-shifted step (see ``filter_stats``). Defaults to None.
 
     Returns:
         list[list[Tensor]]: The normalized weights, nested as ``weights``.
     """
     flat = [w for group in weights for w in group]
+    if exporting():
+        return [[_traceable_normalize(spec, w) for w in group]
+                for spec, group in zip(specs, weights)]
     train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
     why = fused_unsupported(flat) if fused or fused is None else 'not requested'
     if fused and why:
         raise RuntimeError(f'fused weight normalization unavailable: {why}')
+    flat_owners = ([o for group in owners for o in group]
+                   if owners is not None and recording() else None)
     if why is None:
-        return _fused_batch(specs, weights, flat, train, record)
-    return _torch_batch(specs, weights, flat, train, record)[0]
+        return _fused_batch(specs, weights, flat, train, flat_owners)
+    if torch.compiler.is_compiling():
+        return [[_traceable_normalize(spec, w) for w in group]
+                for spec, group in zip(specs, weights)]
+    return _torch_batch(specs, weights, flat, train, flat_owners)[0]
 
 
 def normalize_filter_batch(weights: Sequence[Tensor], eps: float, centered: bool = True,
@@ -277,7 +292,7 @@ def normalize_filter_batch(weights: Sequence[Tensor], eps: float, centered: bool
     spec = FilterNorm.build(fan_in(weights[0]), eps, centered, divisor)
     flat = list(weights)
     train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
-    (outs, ), (unit, ) = _torch_batch([spec], [flat], flat, train, record=False)
+    (outs, ), (unit, ) = _torch_batch([spec], [flat], flat, train, owners=None)
     return outs, unit
 
 

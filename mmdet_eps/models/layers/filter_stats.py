@@ -5,28 +5,26 @@ direction of ``u`` at a fixed scale. For the centered families this is exactly w
 over the filter computes, so the layers get it for free while normalizing, and the ε-shifted
 gradient is ``λ W - λ ε sqrt(D / n) * unit`` (see ``engine/optimizers/eps_shifted_regularizer``).
 
-Who owns them: the weight. The forward that normalizes a trainable weight records on it what
-the step needs, tagged with the weight's version counter: its unit filters (torch-ops path,
-:func:`record_unit_filters`) or, from the fused CPU ops, the per-filter mean and rstd from which
-the step's fused kernel forms them on the fly (:func:`record_filter_moments`). The optimizer
-step takes the record (:func:`take_unit_filters`, :func:`take_filter_moments`), which also drops
-it. Any in-place write
-in between (an optimizer step, ``load_state_dict``, ``copy_``) bumps the version and the step
-recomputes them from the weight. A write through ``weight.data`` between the forward and the step
-is not seen: the step then uses the forward's statistics, like the loss gradient in
-``weight.grad`` taken at the forward's weights (its unit filters; or its per-filter mean and
-rstd, applied to the weight as it is at the step).
+Who owns them: the layer that normalizes the weight (``NormalizedConv2d.step_stats``). The
+eager forward that normalizes a trainable weight records there what the step needs, tagged with
+the weight's version counter: its unit filters (torch-ops path, :func:`record_unit_filters`) or,
+from the fused CPU ops, the per-filter mean and rstd from which the step's fused kernel forms
+them on the fly (:func:`record_filter_moments`). The optimizer step takes the record from the
+owner (:func:`take_unit_filters`, :func:`take_filter_moments`), which also drops it. Any in-place
+write in between (an optimizer step, ``load_state_dict``, ``copy_``) bumps the version and the
+step recomputes them from the weight. A write through ``weight.data`` between the forward and the
+step is not seen: the step then uses the forward's statistics, like the loss gradient in
+``weight.grad`` taken at the forward's weights. A compiled or exported forward records nothing
+(a record is a side effect outside the graph): the step then computes the statistics from the
+weight, which gives the same result.
 """
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from mmdet_eps.ops import fused_filter_moments
-
-#: Attribute of a weight tensor that holds its :class:`UnitFilters` between forward and step.
-UNIT_FILTERS_ATTR = '_eps_unit_filters'
 
 
 def fan_in(weight: Tensor) -> int:
@@ -88,32 +86,51 @@ class FilterMoments(NamedTuple):
     offset: int
 
 
-def record_unit_filters(weight: Tensor, unit: Tensor) -> None:
-    """Attach ``unit`` (the unit filters of ``weight`` as it is now) to ``weight``."""
-    setattr(weight, UNIT_FILTERS_ATTR, UnitFilters(weight._version, unit))
+#: What a forward hands to the ε-shifted step.
+StepStats = Union[UnitFilters, FilterMoments]
 
 
-def record_filter_moments(weight: Tensor, mean: Tensor, rstd: Tensor, offset: int) -> None:
-    """Attach the per-filter means and rstds of ``weight`` as it is now (from ``offset`` on in
-    ``mean`` and ``rstd``) to ``weight``."""
-    setattr(weight, UNIT_FILTERS_ATTR, FilterMoments(weight._version, mean, rstd, offset))
+class StatsOwner(Protocol):
+    """Holds the :data:`StepStats` of one weight between a forward and the step (the layer
+    that normalizes the weight)."""
+    step_stats: Optional[StepStats]
 
 
-def holds_unit_filters(weights: Sequence[Tensor]) -> bool:
-    """Whether any weight carries unit filters (a torch-ops forward ran since its last step)."""
-    return any(isinstance(w.__dict__.get(UNIT_FILTERS_ATTR), UnitFilters) for w in weights)
+def recording() -> bool:
+    """Whether a forward records statistics for the step: in eager mode only."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
-def _take(weight: Tensor) -> Optional[Union[UnitFilters, FilterMoments]]:
-    """The record on ``weight`` if it has not been written since; dropped either way."""
-    record = weight.__dict__.pop(UNIT_FILTERS_ATTR, None)
+def record_unit_filters(owner: StatsOwner, weight: Tensor, unit: Tensor) -> None:
+    """Hand ``unit`` (the unit filters of ``weight`` as it is now) to ``owner``."""
+    owner.step_stats = UnitFilters(weight._version, unit)
+
+
+def record_filter_moments(owner: StatsOwner, weight: Tensor, mean: Tensor, rstd: Tensor,
+                          offset: int) -> None:
+    """Hand the per-filter means and rstds of ``weight`` as it is now (from ``offset`` on in
+    ``mean`` and ``rstd``) to ``owner``."""
+    owner.step_stats = FilterMoments(weight._version, mean, rstd, offset)
+
+
+def holds_unit_filters(owners: Sequence[Optional[StatsOwner]]) -> bool:
+    """Whether any owner holds unit filters (a torch-ops forward ran since its last step)."""
+    return any(isinstance(getattr(o, 'step_stats', None), UnitFilters) for o in owners)
+
+
+def _take(weight: Tensor, owner: Optional[StatsOwner]) -> Optional[StepStats]:
+    """The owner's record if ``weight`` has not been written since; dropped either way."""
+    if owner is None:
+        return None
+    record, owner.step_stats = owner.step_stats, None
     return record if record is not None and record.version == weight._version else None
 
 
-def take_unit_filters(weight: Tensor, centered: bool) -> Tensor:
-    """The unit filters recorded on ``weight`` if it has not been written since, else computed
-    now; the record is dropped either way."""
-    record = _take(weight)
+def take_unit_filters(weight: Tensor, centered: bool,
+                      owner: Optional[StatsOwner] = None) -> Tensor:
+    """The unit filters recorded on ``owner`` if ``weight`` has not been written since, else
+    computed now; the record is dropped either way."""
+    record = _take(weight, owner)
     if isinstance(record, UnitFilters):
         return record.unit
     if isinstance(record, FilterMoments):
@@ -124,13 +141,14 @@ def take_unit_filters(weight: Tensor, centered: bool) -> Tensor:
     return unit_filters(weight, centered)
 
 
-def take_filter_moments(weights: Sequence[Tensor], centered: bool
+def take_filter_moments(weights: Sequence[Tensor], centered: bool,
+                        owners: Sequence[Optional[StatsOwner]]
                         ) -> Tuple[List[Tensor], List[Tensor], List[int]]:
-    """Per weight, the recorded per-filter means and rstds (tensors and offset, see
-    :class:`FilterMoments`) if the weight has not been written since, else computed now (by the
-    fused op, for all such weights at once); the records are dropped. For weights the fused ops
-    take (``mmdet_eps.ops.fused_unsupported``)."""
-    records = [_take(weight) for weight in weights]
+    """Per weight, the per-filter means and rstds (tensors and offset, see
+    :class:`FilterMoments`) recorded on its owner if the weight has not been written since, else
+    computed now (by the fused op, for all such weights at once); the records are dropped. For
+    weights the fused ops take (``mmdet_eps.ops.fused_unsupported``)."""
+    records = [_take(weight, owner) for weight, owner in zip(weights, owners)]
     stale = [w.detach() for w, r in zip(weights, records) if not isinstance(r, FilterMoments)]
     if stale:
         mean, rstd, offsets = fused_filter_moments(stale, [int(centered)] * len(stale))

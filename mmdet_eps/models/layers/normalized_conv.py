@@ -1,15 +1,18 @@
 """Base class of the weight-normalization family of conv layers."""
 import warnings
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol, Tuple
 
 from torch import Tensor, nn
 
 from .filter_normalize import FilterNorm, normalize_batch
-from .filter_stats import fan_in
+from .filter_stats import StepStats, fan_in
 from .norm_family import is_centered, scale_divisor
 
-if TYPE_CHECKING:
-    from .filter_group import FilterGroup
+
+class WeightSource(Protocol):
+    """What a grouped layer takes its normalized weight from (``filter_group.FilterGroup``):
+    the members' normalized weights during one forward of the group's region, else None."""
+    weights: Optional[Tuple[Tensor, ...]]
 
 #: Filters with fewer elements than this give noisy statistics (paper Sec. 6.7, Table IX).
 MIN_FAN_IN = 16
@@ -22,7 +25,8 @@ class NormalizedConv2d(nn.Conv2d):
     its own weight in every forward. As a member of a :class:`~.filter_group.FilterGroup` (a
     WS-ResNet stage groups its convs), it takes its normalized weight from the group while the
     group holds one (for one forward of the group's region). Nothing is cached across calls: the
-    weight is read afresh every forward, so every write to it is seen.
+    weight is read afresh every forward, so every write to it is seen. The layer owns what an
+    eager forward hands to the ε-shifted step (``step_stats``, see ``filter_stats``).
 
     Args:
         eps (float): Added to the per-filter scale (std for WS, norm for WN/CWN).
@@ -43,8 +47,11 @@ class NormalizedConv2d(nn.Conv2d):
             raise ValueError(f'{type(self).__name__}: eps must be >= 0, got {eps}')
         self.eps = float(eps)
         #: The group this layer belongs to and its index there (set by the group).
-        self.filter_group: Optional['FilterGroup'] = None
+        self.filter_group: Optional[WeightSource] = None
         self.group_index = 0
+        #: The weight's statistics from the last eager forward, until the ε-shifted step takes
+        #: them (valid while the weight's version counter has not moved).
+        self.step_stats: Optional[StepStats] = None
         self._spec: Optional[FilterNorm] = None
         n = fan_in(self.weight)
         if self.centered and n < 2:
@@ -97,7 +104,7 @@ class NormalizedConv2d(nn.Conv2d):
         if group is not None and group.weights is not None:
             return group.weights[self.group_index]
         return normalize_batch([self.filter_norm()], [[self.weight]], self.fused,
-                               record=True)[0][0]
+                               owners=[[self]])[0][0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)

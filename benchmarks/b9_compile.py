@@ -1,0 +1,126 @@
+"""B9: the compiled train step - WS-ResNet-50 + ε-shifted SGD vs ResNet-50 + SGD under inductor.
+
+What mmengine's ``compile=True`` compiles: one function doing forward, loss, backward and the
+optimizer step (its ε-shifted pre-hook is one explicit eager boundary), compiled with
+``torch.compile`` (inductor), in train mode (BN training, all stages trainable). Candidates, same
+initial weights, each compiled once before timing:
+
+- ``plain`` (baseline): mmdet's ResNet-50 + mmengine's default constructor (SGD, momentum 0.9,
+  weight decay 1e-4).
+- ``ws_eps``: ``WSResNet-50`` + ``EpsShiftedOptimWrapperConstructor`` (on a CPU with the
+  extension built: the fused ops, registered custom ops inside the compiled graph).
+- ``ws_eps_torch``: the same with ``fused=False``: plain torch ops that inductor fuses (a GPU's
+  path under compile).
+
+Cases: batch 2 at 320x320 (goal <= 1.03x) and the B8 thin proxy (``base_channels=4``, 32x32,
+goal <= 1.05x). Reported besides the paired time ratio: compile time (first call), graph breaks
+of the forward + loss (``torch._dynamo.explain``; goal 0) and the kernels inductor generated
+(``torch._inductor.metrics.generated_kernel_count``; the difference to ``plain`` is what the
+normalization costs in kernels).
+
+    python benchmarks/b9_compile.py [--quick] [--device cuda] [--cases full thin]
+"""
+import os.path as osp
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
+
+SGD = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4)
+EPS = 1e-3
+LABELS = {
+    'plain': 'ResNet-50 + SGD, compiled',
+    'ws_eps': 'WSResNet-50 + ε-shifted SGD, compiled',
+    'ws_eps_torch': '  same, fused=False (torch ops fused by inductor)',
+}
+#: case -> (base_channels, input size, batch, goal)
+CASES = {'full': (64, 320, 2, 1.03), 'thin': (4, 32, 2, 1.05)}
+
+
+def build(name: str, width: int, device: str):
+    """``(model, optimizer)`` of candidate ``name``."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    common = dict(depth=50, base_channels=width, norm_eval=False, frozen_stages=-1)
+    if name == 'plain':
+        model = MODELS.build(dict(type='ResNet', **common))
+    else:
+        model = MODELS.build(dict(type='WSResNet', fused=False if name == 'ws_eps_torch'
+                                  else None, **common))
+    model.to(device).train()
+    cfg = dict(type='EpsShiftedOptimWrapperConstructor' if name != 'plain' else
+               'DefaultOptimWrapperConstructor',
+               optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=SGD))
+    if name != 'plain':
+        cfg['paramwise_cfg'] = dict(eps_shift=dict(eps=EPS))
+    return model, OPTIM_WRAPPER_CONSTRUCTORS.build(cfg)(model).optimizer
+
+
+def loss_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return sum(o.float().mean() for o in model(x))
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    loss_of(model, x).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def extra_args(parser):
+    parser.add_argument('--cases', nargs='+', choices=list(CASES), default=list(CASES))
+    parser.add_argument('--backend', default='inductor')
+
+
+def main(argv=None):
+    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv,
+                           needs_mmdet='builds mmdet backbones and constructors')
+    import torch._dynamo
+    from torch._inductor import metrics
+    report = Report('B9', 'compiled train step (forward, backward, step)', args, env,
+                    goal='ws_eps <= 1.03x at 320x320, <= 1.05x on the thin proxy, 0 breaks')
+    for case in args.cases:
+        width, size, batch, goal = CASES[case]
+        if args.quick:
+            width, size = min(width, 8), min(size, 64)
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, size, size, device=args.device)
+        built = {name: build(name, width, args.device) for name in LABELS}
+        state = built['plain'][0].state_dict()
+        fns, extra = {}, {}
+        for name, (model, opt) in built.items():
+            model.load_state_dict(state)
+            torch._dynamo.reset()
+            breaks = torch._dynamo.explain(loss_of)(model, x).graph_break_count
+            torch._dynamo.reset()
+            metrics.reset()
+            step = torch.compile(train_step, backend=args.backend)
+            start_time = time.perf_counter()
+            step(model, opt, x)  # compiles forward, backward and the step
+            compile_s = time.perf_counter() - start_time
+            extra[name] = dict(graph_breaks=breaks, compile_s=round(compile_s, 1),
+                               kernels=metrics.generated_kernel_count)
+            fns[name] = (lambda s=step, m=model, o=opt: s(m, o, x))
+            fns[name]()  # a second call: recompiles nothing
+        timings = interleaved(fns, 'plain', rounds_for(args, 20), warmup=warmup_for(args, 3),
+                              device=args.device, label=f'B9 {case}')
+        for name, t in timings.items():
+            t.update(extra[name])
+            t['extra_kernels'] = extra[name]['kernels'] - extra['plain']['kernels']
+        report.add(f'{case}: base_channels={width}, {batch}x{size}x{size}', timings, 'plain',
+                   labels=LABELS, goal_for='ws_eps', goal_max=goal)
+        report.note(f'{case}: ' + ', '.join(
+            f'{n} compile {e["compile_s"]} s, {e["graph_breaks"]} graph breaks, '
+            f'{e["kernels"]} kernels' for n, e in extra.items()))
+        row = next(r for r in report.rows if r['case'] == report.rows[-1]['case']
+                   and r['name'] == 'ws_eps')
+        row['goal_met'] &= extra['ws_eps']['graph_breaks'] == 0
+    report.finish()
+    return report
+
+
+if __name__ == '__main__':
+    main()
