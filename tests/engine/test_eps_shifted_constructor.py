@@ -6,8 +6,10 @@ import logging
 
 import pytest
 import torch
+import torch._dynamo
 from mmcv.cnn import ConvWS2d
 from mmdet.registry import MODELS
+from mmengine.config import ConfigDict
 from mmengine.logging import MMLogger
 from torch import nn
 
@@ -35,6 +37,20 @@ def test_only_normalized_weights_get_the_term(fused):
         assert FAMILY_KEY not in group and group.get('weight_decay', 1e-4) == pytest.approx(1e-4)
     for bias in (model.conv.bias, model.head.bias, model.fc.bias):
         assert _group_of(opt, bias)['weight_decay'] == 0.
+
+
+def test_param_groups_are_plain_dicts_that_dynamo_traces():
+    """From a config (a ConfigDict, as the Runner passes it) the groups become ConfigDicts,
+    which torch.compile cannot trace in the optimizer step (mmengine's compile=True does)."""
+    model = TinyNet('ws')
+    wrapper = build_optim_wrapper(model, ConfigDict(type='AdamW', lr=0.1, weight_decay=1e-2),
+                                  eps_shift=dict(eps=1e-3))
+    assert all(type(g) is dict for g in wrapper.optimizer.param_groups)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(wrapper.optimizer.step)()
+    torch._dynamo.reset()
+    assert explanation.graph_count >= 1  # traced (the ε-step hook is its one eager boundary)
 
 
 def test_mmcv_convws_is_recognized_and_default_options_keep_working():

@@ -187,6 +187,9 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
         optimizer = optim_wrapper.optimizer
+        # mmengine's registry hands the optimizer our groups as ConfigDicts; torch.compile
+        # (mmengine's compile=True traces the optimizer step) only traces plain dict groups
+        optimizer.param_groups[:] = [dict(group) for group in optimizer.param_groups]
         if optimizer.defaults.get('fused'):
             raise ValueError('fused optimizers are not supported by the ε-shifted term')
         optimizer.register_step_pre_hook(EpsShiftStep(model))
