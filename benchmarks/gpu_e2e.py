@@ -21,7 +21,11 @@ is done (a run cut short keeps what it finished):
    backward (the autograd nodes of the backbone's forward ops), the normalization ops among
    them (everything in the backbone but convolutions, activation batch norms, ReLU, additions and
    pooling), the optimizer step pre-hooks (the ε-shift), the rest of the step, the rest.
-4. ``loss_decreases``, ``stats_hook_logs``, ``coco_eval``: ``tools/train.py`` trains
+4. ``compiled``: the Cascade baseline and WS + ε ``train_step`` compiled as mmengine's
+   ``compile=True`` compiles it (``torch.compile``, ``--compile-backend``, default inductor), fp32:
+   compile time and interleaved s/iter (goal ≤ 1.03x). On by default on CUDA, ``--compile`` on a
+   CPU.
+5. ``loss_decreases``, ``stats_hook_logs``, ``coco_eval``: ``tools/train.py`` trains
    ``cascade_rcnn_ws_eps_r50`` for a few dozen iterations on a synthetic COCO-layout set written
    here (with ``WeightNormStatsHook``, constant lr, ``auto_scale_lr`` for batch 2, from the
    calibrated random init), then ``tools/test.py`` evaluates the checkpoint with mmdet's
@@ -88,6 +92,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='unix time by which everything must be written; rounds shrink')
     parser.add_argument('--build-info', default=None, help='JSON written by gpu_e2e.sh')
     parser.add_argument('--commit', default='unknown')
+    parser.add_argument('--compile', action='store_true',
+                        help='time the compiled Cascade train_step (default on CUDA)')
+    parser.add_argument('--compile-backend', default='inductor')
     return parser.parse_args(argv)
 
 
@@ -302,6 +309,36 @@ def time_triple(arch: str, precision: str, models: Dict, wrappers: Dict, batch: 
     if device.startswith('cuda'):
         row['max_memory_gb'] = torch.cuda.max_memory_allocated() / 2**30
     return row
+
+
+def time_compiled(models: Dict, wrappers: Dict, batch: Dict, settings: Settings, device: str,
+                  backend: str) -> Dict:
+    """Compiled ``train_step`` of the Cascade baseline and WS + ε (mmengine's ``compile=True``),
+    compile time of each and interleaved rounds."""
+    compiled, compile_s, losses = {}, {}, {}
+    pair = ('baseline', 'ws_eps')
+    for v in pair:
+        compiled[v] = torch.compile(models[v].train_step, backend=backend)
+        sync(device)
+        start = time.perf_counter()
+        torch.manual_seed(1)
+        compiled[v](batch, wrappers[v])
+        sync(device)
+        compile_s[v] = round(time.perf_counter() - start, 1)
+
+    def step(v: str) -> Callable[[], None]:
+        def run() -> None:
+            torch.manual_seed(1)
+            losses[v] = float(torch.as_tensor(compiled[v](batch, wrappers[v])['loss']).detach())
+        return run
+
+    timings = interleaved({v: step(v) for v in pair}, 'baseline', settings.rounds,
+                          warmup=settings.warmup, device=device, label=f'compiled {backend}')
+    ratio = paired_ratio(timings['ws_eps']['times'], timings['baseline']['times'])
+    return dict(backend=backend, compile_s=compile_s, rounds=settings.rounds,
+                median_s={v: timings[v]['median_s'] for v in pair}, ratio=ratio,
+                goal=dict(max=1.03, met=ratio['ratio'] <= 1.03),
+                finite=all(np.isfinite(list(losses.values()))))
 
 
 # --------------------------------------------------------------------------- 3. profile
@@ -635,6 +672,15 @@ def markdown(result: Dict) -> str:
                             ("total, minus R-50's", ('total', ))):
             lines.append(f'| {label} | ' + ' | '.join(
                 f'{sum(parts[v][k] - base[k] for k in keys):+.1f}' for v in VARIANTS) + ' |')
+    compiled = result.get('compiled')
+    if compiled:
+        r, med = compiled['ratio'], compiled['median_s']
+        lines += ['', f'Compiled `train_step` (`torch.compile`, {compiled["backend"]}), Cascade '
+                  f'R-CNN fp32, {compiled["rounds"]} rounds: R-50 {med["baseline"]:.4f} s, '
+                  f'WS+ε R-50 {med["ws_eps"]:.4f} s, ratio {r["ratio"]:.3f}x '
+                  f'({r["q1"]:.3f}-{r["q3"]:.3f}; goal ≤ 1.03x: '
+                  f'{"met" if compiled["goal"]["met"] else "**not met**"}); compile '
+                  f'{compiled["compile_s"]["baseline"]} s / {compiled["compile_s"]["ws_eps"]} s.']
     lines += ['', '| check | result | detail |', '|---|---|---|']
     for name, check in result['checks'].items():
         lines.append(f'| {name} | {"pass" if check["ok"] else "**FAIL**"} | {check["detail"]} |')
@@ -710,6 +756,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result['timing'].append(time_triple(arch, precision, models, wrappers[precision],
                                                 batch, settings, device, budget))
             done += 1
+            save(result, args.out)
+        if arch == 'cascade_rcnn' and (args.compile or device.startswith('cuda')):
+            section(f'compiled {arch} fp32 ({args.compile_backend})')
+            result['compiled'] = time_compiled(models, wrappers['fp32'], batch, settings,
+                                               device, args.compile_backend)
             save(result, args.out)
         if arch == 'cascade_rcnn':
             for precision, timed in wrappers.items():

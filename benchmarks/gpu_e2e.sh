@@ -10,6 +10,7 @@
 #   .venv/bin/python benchmarks/fetch_gpu_deps.py       # here, once (PyPI): fills .gpu_deps/
 #   bash benchmarks/gpu_e2e.sh                          # there, with carry [".gpu_deps"]
 #   DEVICE=cpu SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/gpu_e2e.sh   # dry run, no install
+#   (COMPILE_BACKEND=aot_eager adds the compiled section to the dry run)
 #
 # mmcv build (MMCV_BUILD): `full` builds every op for this GPU's architecture only, `minimal`
 # builds the CUDA kernels of nms and roi_align only (the ops these detectors run on the GPU;
@@ -121,6 +122,8 @@ fi
 ARGS=(--device "$DEVICE" --out "$OUT" --work "$WORK" --commit "$COMMIT"
       --build-info "$WORK/build.json" --deadline $((START + BUDGET_S)))
 [ "$SMOKE" = 1 ] && ARGS+=(--smoke)
+# the compiled Cascade train_step runs on CUDA by default; COMPILE_BACKEND also turns it on a CPU
+[ -n "${COMPILE_BACKEND:-}" ] && ARGS+=(--compile --compile-backend "$COMPILE_BACKEND")
 log "benchmarks/gpu_e2e.py ${ARGS[*]}"
 "$PY" benchmarks/gpu_e2e.py "${ARGS[@]}" 2>&1 | tee -a "$LOG"
 status=${PIPESTATUS[0]}

@@ -98,7 +98,7 @@ def test_dry_run_on_cpu(tmp_path):
     the installed stack (no install, no build) and every correctness check passes."""
     out, work = tmp_path / 'out', tmp_path / 'work'
     env = dict(os.environ, DEVICE='cpu', SMOKE='1', PYTHON=sys.executable, OUT=str(out),
-               WORK=str(work), BUDGET_S='1800')
+               WORK=str(work), BUDGET_S='1800', COMPILE_BACKEND='aot_eager')
     proc = subprocess.run(['bash', str(SCRIPT)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -110,6 +110,9 @@ def test_dry_run_on_cpu(tmp_path):
         assert row['finite'], row['last_loss']
         assert all(row['median_s'][v] > 0 for v in VARIANTS)
         assert set(row['ratios']) == {'ws_eps/baseline', 'ws_eps/ws'}
+    compiled = result['compiled']  # the compiled Cascade train_step the GPU run times
+    assert compiled['backend'] == 'aot_eager' and compiled['finite']
+    assert all(compiled['median_s'][v] > 0 for v in ('baseline', 'ws_eps'))
     assert set(result['checks']) == CHECKS
     failed = {k: c['detail'] for k, c in result['checks'].items() if not c['ok']}
     assert not failed
@@ -121,7 +124,8 @@ def test_dry_run_on_cpu(tmp_path):
     assert profile['parts']['baseline']['backbone_fwd_norm'] == 0
     table = (out / 'gpu_e2e.md').read_text()
     assert table.startswith('### GPU end-to-end (issue 11)')
-    for name in ('Cascade R-CNN', 'Faster R-CNN', 'Mask R-CNN', 'Where the time goes'):
+    for name in ('Cascade R-CNN', 'Faster R-CNN', 'Mask R-CNN', 'Where the time goes',
+                 'Compiled `train_step`'):
         assert name in table
     assert all(f'| {name} | pass |' in table for name in CHECKS)
     assert (out / 'gpu_e2e.log').stat().st_size > 0
