@@ -33,3 +33,11 @@ def mmdet_scope():
     import mmdet_eps  # noqa: F401
     register_all_modules(init_default_scope=True)
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope='module')
+def tiny_coco(tmp_path_factory) -> Path:
+    """A toy COCO set of 4 train and 2 val images (tools/misc/make_toy_coco.py)."""
+    root = tmp_path_factory.mktemp('data') / 'toy_coco'
+    load_tool('misc/make_toy_coco').make_toy_coco(root, num_train=4, num_val=2, seed=3)
+    return root

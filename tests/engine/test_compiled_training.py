@@ -12,19 +12,12 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from mmdet_eps.models.backbones import WSResNet
-from tests.conftest import load_tool
 from tests.toy_run import toy_config
 
 from .helpers import autograd_grad, build_optim_wrapper
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope='module')
-def tiny_coco(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('data') / 'toy_coco'
-    load_tool('misc/make_toy_coco').make_toy_coco(root, num_train=4, num_val=2, seed=3)
-    return root
 
 
 @pytest.fixture(autouse=True)

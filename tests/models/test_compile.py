@@ -55,6 +55,11 @@ def _assert_compiled_equals_eager(model, x, backend='aot_eager', **tol):
         torch.testing.assert_close(a, b, **tol)
 
 
+def _assert_one_graph_equal_to_eager(model, x):
+    assert _breaks(model, x) == 0
+    _assert_compiled_equals_eager(model, x)
+
+
 @pytest.mark.parametrize('shape', [(8, 4, 3, 3), (6, 16, 1, 1)])
 @pytest.mark.parametrize('eps', [1e-5, 0.])
 def test_torch_ops_backward_calls_group_norm_as_its_schema_says(shape, eps):
@@ -83,10 +88,8 @@ def test_torch_ops_backward_calls_group_norm_as_its_schema_says(shape, eps):
 @pytest.mark.parametrize('fused', [True, False])
 def test_layers_compile_without_breaks_and_equal_eager(cls, fused):
     torch.manual_seed(0)
-    conv = cls(4, 8, 3, padding=1, fused=fused)
-    x = torch.randn(2, 4, 9, 9)
-    assert _breaks(conv, x) == 0
-    _assert_compiled_equals_eager(conv, x)
+    _assert_one_graph_equal_to_eager(cls(4, 8, 3, padding=1, fused=fused),
+                                     torch.randn(2, 4, 9, 9))
 
 
 def test_resnet_and_ws_resnet_compile_into_one_graph():
@@ -111,10 +114,9 @@ def test_ws_resnet_compiled_gradients_equal_eager(fused, group_by):
 
 def test_ws_resnext_compiles_without_breaks_and_equals_eager():
     torch.manual_seed(0)
-    model = WSResNeXt(depth=50, groups=4, base_width=4, base_channels=16, norm_eval=False)
-    x = torch.randn(2, 3, 32, 32)
-    assert _breaks(model, x) == 0
-    _assert_compiled_equals_eager(model, x)
+    _assert_one_graph_equal_to_eager(
+        WSResNeXt(depth=50, groups=4, base_width=4, base_channels=16, norm_eval=False),
+        torch.randn(2, 3, 32, 32))
 
 
 def test_inductor_compiles_the_grouped_backbone():

@@ -12,17 +12,10 @@ from mmengine.runner import Runner
 
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import FAMILY_KEY
 from mmdet_eps.utils import safe_load
-from tests.conftest import load_tool
 from tests.toy_run import cli_options, run_tool, toy_config, toy_overrides
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope='module')
-def tiny_coco(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('data') / 'toy_coco'
-    load_tool('misc/make_toy_coco').make_toy_coco(root, num_train=4, num_val=2, seed=3)
-    return root
 
 
 def _scalars(work_dir: Path) -> list:
