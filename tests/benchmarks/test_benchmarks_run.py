@@ -27,3 +27,16 @@ def test_run_all_quick_writes_every_result(tmp_path):
     assert sorted(summary['status']) == names
     assert all(status['ok'] and not status.get('skipped') for status in summary['status'].values())
     assert (tmp_path / 'summary.md').read_text().startswith('###')
+
+
+@pytest.mark.slow
+def test_b9_quick_compiles_and_counts_no_graph_break(tmp_path):
+    """The compile benchmark end to end (aot_eager: the tracing without inductor's C++ builds)."""
+    out = tmp_path / 'B9.json'
+    proc = subprocess.run([sys.executable, 'benchmarks/b9_compile.py', '--quick', '--cases',
+                           'thin', '--backend', 'aot_eager', '--out', str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())['rows']
+    assert [r['name'] for r in rows] == ['plain', 'ws_eps', 'ws_eps_torch']
+    assert all(r['graph_breaks'] == 0 and r['compile_s'] > 0 and r['ratio'] > 0 for r in rows)
