@@ -84,9 +84,9 @@ def _backward(ctx, grads: List[Tensor], grad_mean: Optional[Tensor],
     need = [i for i, needed in enumerate(ctx.needs_input_grad[0])
             if needed and grads[i] is not None]
     offsets, shift, eps, centered = ([seq[i] for i in need] for seq in ctx.args)
-    grads_in = torch.ops.mmdet_eps.normalize_filters_backward(
-        [grads[i] for i in need], [weights[i] for i in need], mean, rstd, offsets, shift, eps,
-        centered)
+    grads_in = fused_normalize_filters_backward([grads[i] for i in need],
+                                                [weights[i] for i in need], mean, rstd, offsets,
+                                                shift, eps, centered)
     result: List[Optional[Tensor]] = [None] * len(weights)
     for i, grad in zip(need, grads_in):
         result[i] = grad
