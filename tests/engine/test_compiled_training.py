@@ -72,7 +72,7 @@ def test_compiled_train_step_equals_eager(config, tiny_coco, tmp_path):
 
 def test_compile_true_trains_with_inductor(tiny_coco, tmp_path):
     """The user's switch as it is: ``compile=True`` (inductor), the toy recipe (AdamW)."""
-    losses, state = _train('cascade_rcnn_ws_eps_r18_toy.py', tiny_coco, tmp_path, True)
+    losses, state = _train('faster_rcnn_ws_eps_r18_toy.py', tiny_coco, tmp_path, True)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
