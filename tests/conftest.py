@@ -7,6 +7,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where a test skipped in the default lane runs (README: tested torch lines).
+LANE = 'runs in the current lane (make test-current)'
 
 
 def load_script(path: str):

@@ -17,7 +17,7 @@ from torch import nn
 from mmdet_eps.engine.optimizers import EpsShiftedOptimWrapperConstructor
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import EPS_KEY, FAMILY_KEY
 from mmdet_eps.models.layers import WSConv
-from tests.conftest import REPO
+from tests.conftest import LANE, REPO
 
 FAMILIES = {'cascade_rcnn': 'CascadeRCNN', 'faster_rcnn': 'FasterRCNN', 'mask_rcnn': 'MaskRCNN'}
 PAPER_CONFIGS = [f'{family}_{variant}r{depth}.py' for family in FAMILIES
@@ -171,8 +171,8 @@ IMAGENET_CONFIGS = [f'ws_{eps}resnet{depth}_8xb32_in1k.py' for eps in ('', 'eps_
 def _imagenet_config(name: str) -> Config:
     """Parse a configs/imagenet config: needs mmpretrain installed (its configs), not importable."""
     if importlib.util.find_spec('mmpretrain') is None:
-        pytest.skip("mmpretrain is not installed: pip install -e '.[pretrain]' (it needs the "
-                    'torchvision built for the torch in place; PyPI has none for the CPU torch)')
+        pytest.skip("mmpretrain is not installed (it needs the torchvision built for the torch "
+                    f'in place; PyPI has none for the CPU torch): {LANE}')
     return Config.fromfile(str(REPO / 'configs' / 'imagenet' / name))
 
 
@@ -210,7 +210,7 @@ def test_imagenet_config_builds_ws_convs_and_their_groups(name):
     """Built in mmpretrain's scope: every conv a WSConv; biases undecayed, BN and fc weights
     plain decay; conv weights plain decay, or (eps) exactly the ε-shifted groups."""
     cfg = _imagenet_config(name)
-    pytest.importorskip('torchvision')  # mmpretrain needs one built for the torch in place
+    pytest.importorskip('torchvision', reason=LANE)  # mmpretrain needs one for this torch
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
     from mmpretrain.utils import register_all_modules
     register_all_modules(init_default_scope=False)

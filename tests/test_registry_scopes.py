@@ -11,6 +11,7 @@ from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, Default
 import mmdet_eps  # noqa: F401
 from mmdet_eps.models.backbones import WSResNet
 from mmdet_eps.models.layers import WSConv
+from tests.conftest import LANE
 
 #: A toolbox that is not installed, made as every OpenMMLab toolbox makes its registries.
 TOOLBOX = 'newtoolbox'
@@ -32,8 +33,8 @@ def scope(request):
     mmpretrain's where it can be imported (it needs torchvision: docs/pretrain.md)."""
     name = request.param
     if name == 'mmpretrain' and not _importable(name):
-        pytest.skip('mmpretrain cannot be imported here (no torchvision for this torch); '
-                    f'the {TOOLBOX!r} scope covers the same lookup')
+        pytest.skip('mmpretrain cannot be imported here (no torchvision for this torch): '
+                    f'{LANE}; the {TOOLBOX!r} scope covers the same lookup')
     if name in ('mmdet', 'mmpretrain'):
         importlib.import_module(f'{name}.registry')  # the toolbox's registries, as it runs
     with DefaultScope.overwrite_default_scope(name):

@@ -15,11 +15,12 @@ from PIL import Image, ImageDraw
 
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import EPS_KEY, FAMILY_KEY
 from mmdet_eps.utils import safe_load
-from tests.conftest import REPO, load_tool
+from tests.conftest import LANE, REPO, load_tool
 from tests.toy_run import run_tool
 
-pytest.importorskip('torchvision')  # mmpretrain needs one built for the torch in place
-pytest.importorskip('mmpretrain')  # the pretrain extra, which make test skips: docs/pretrain.md
+# mmpretrain (the pretrain extra) needs the torchvision built for the torch in place
+pytest.importorskip('torchvision', reason=LANE)
+pytest.importorskip('mmpretrain', reason=LANE)
 pytestmark = pytest.mark.slow
 
 CLASSES = ('circle', 'square', 'triangle')

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import LANE, REPO
 
 TOOLS = REPO / 'tools'
 SCRIPTS = sorted(p for p in TOOLS.rglob('*.py') if not p.name.startswith('_'))
@@ -26,7 +26,7 @@ def _ids(paths):
 def test_help(script):
     package = OPTIONAL_PACKAGE.get(script.name)
     if package and importlib.util.find_spec(package) is None:
-        pytest.skip(f'{package} is not installed')
+        pytest.skip(f'{package} is not installed: {LANE}')
     proc = subprocess.run([sys.executable, str(script), '--help'], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
