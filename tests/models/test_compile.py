@@ -44,9 +44,10 @@ def _grads(model, x, fn=_loss):
 
 
 def _assert_compiled_equals_eager(model, x, backend='aot_eager', **tol):
-    """In float64 unless ``tol`` is given: the compiled expression rounds differently."""
-    if not tol:
-        model, x = model.double(), x.double()
+    """In float64: the compiled expression rounds differently, and batch norm over 2 values
+    (a 1x1 map at batch 2) amplifies that through a deep network."""
+    model, x = model.double(), x.double()
+    tol = tol or dict(rtol=1e-5, atol=1e-7)
     eager = _grads(model, x)
     compiled = _grads(model, x, torch.compile(_loss, backend=backend, fullgraph=True))
     torch.testing.assert_close(compiled[0], eager[0], **tol)

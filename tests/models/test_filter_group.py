@@ -52,10 +52,8 @@ def _normalize_nodes(model, x):
         if node is None or node in seen:
             continue
         seen.add(node)
-        count += type(node).__name__ in ('_NormalizeFiltersBackward',  # torch ops
-                                         # the fused op's registered autograd formula
-                                         'GeneratedBackwardFor_mmdet_eps_normalize_filters_'
-                                         'defaultBackward')
+        count += type(node).__name__ in ('_NormalizeFiltersBackward',
+                                         '_FusedNormalizeFiltersBackward')
         stack.extend(n for n, _ in node.next_functions)
     return count
 

@@ -27,10 +27,11 @@ same arithmetic for all weights of the batch in one op forward and one backward,
 concatenation, and returns per-filter means and rstds instead of unit filters.
 
 Under ``torch.compile`` and the exporters the torch-ops path is the textbook expression in plain,
-differentiable torch ops (:func:`_traceable_normalize`): the compiler derives its backward and
-fuses it, and an exported graph holds standard ops only. The fused ops are registered custom ops
-(schema, fake kernel, autograd: ``mmdet_eps.ops``), so ``torch.compile`` keeps them in its graph;
-exporters always get the standard ops.
+differentiable torch ops on each filter shape's concatenated weights (:func:`_traceable_batch`):
+the compiler derives its backward and fuses it (``fused=None`` picks it there: inductor's kernels
+beat the opaque fused ops, B9), and an exported graph holds standard ops only. The fused ops are
+registered custom ops (schema, fake kernel, autograd: ``mmdet_eps.ops``), so ``torch.compile``
+keeps them in its graph when asked for (``fused=True``); exporters always get the standard ops.
 """
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -187,6 +188,20 @@ def _traceable_normalize(spec: FilterNorm, weight: Tensor) -> Tensor:
     return out.to(weight.dtype)
 
 
+def _traceable_batch(specs: Sequence[FilterNorm],
+                     weights: Sequence[Sequence[Tensor]]) -> List[List[Tensor]]:
+    """:func:`_traceable_normalize` of each filter shape's weights concatenated, so the
+    compiler's kernels (reductions, their backward) serve a whole group, not one weight."""
+    nested = []
+    for spec, group in zip(specs, weights):
+        if len(group) == 1:
+            nested.append([_traceable_normalize(spec, group[0])])
+            continue
+        out = _traceable_normalize(spec, torch.cat(list(group)))
+        nested.append(list(out.split_with_sizes([w.shape[0] for w in group])))
+    return nested
+
+
 def exporting() -> bool:
     """Whether an exporter traces the model (``torch.export``, ONNX, TorchScript tracing): the
     graph must then hold standard ops only."""
@@ -247,8 +262,10 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
         weights (Sequence[Sequence[Tensor]]): The weights, one list per filter shape.
         fused (bool, optional): The fused CPU ops (one op forward and one backward for all the
             weights) or torch ops (a few per filter shape, on any device). Defaults to None:
-            fused when the ops take the weights (``mmdet_eps.ops.fused_unsupported``). Exporters
-            always get torch ops.
+            fused when the ops take the weights (``mmdet_eps.ops.fused_unsupported``) in eager
+            mode; under ``torch.compile`` torch ops, which inductor fuses itself (``True``
+            keeps the fused ops there, as registered custom ops). Exporters always get torch
+            ops.
         owners (Sequence[Sequence[StatsOwner]], optional): The layers that own the weights,
             nested as ``weights``: an eager forward hands each trainable weight's statistics
             to its owner for the ε-shifted step (see ``filter_stats``). Defaults to None.
@@ -257,9 +274,8 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
         list[list[Tensor]]: The normalized weights, nested as ``weights``.
     """
     flat = [w for group in weights for w in group]
-    if exporting():
-        return [[_traceable_normalize(spec, w) for w in group]
-                for spec, group in zip(specs, weights)]
+    if exporting() or (torch.compiler.is_compiling() and not fused):
+        return _traceable_batch(specs, weights)  # what inductor fuses, on any device (B9)
     train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
     why = fused_unsupported(flat) if fused or fused is None else 'not requested'
     if fused and why:
@@ -268,9 +284,6 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
                    if owners is not None and recording() else None)
     if why is None:
         return _fused_batch(specs, weights, flat, train, flat_owners)
-    if torch.compiler.is_compiling():
-        return [[_traceable_normalize(spec, w) for w in group]
-                for spec, group in zip(specs, weights)]
     return _torch_batch(specs, weights, flat, train, flat_owners)[0]
 
 
