@@ -317,6 +317,10 @@ def time_compiled(models: Dict, wrappers: Dict, batch: Dict, settings: Settings,
     compile time of each and interleaved rounds."""
     compiled, compile_s, losses = {}, {}, {}
     pair = ('baseline', 'ws_eps')
+    batch = copy.deepcopy(batch)  # numpy metainfo as the pipeline gives it (tuples): dynamo
+    for sample in batch['data_samples']:  # turns arrays into tensors it cannot deepcopy
+        sample.set_metainfo({k: tuple(v.tolist()) for k, v in sample.metainfo_items()
+                             if isinstance(v, np.ndarray)})
     for v in pair:
         compiled[v] = torch.compile(models[v].train_step, backend=backend)
         sync(device)
