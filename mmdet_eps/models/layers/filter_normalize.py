@@ -214,7 +214,7 @@ def _fused_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]
     args = ([spec.root for spec, group in zip(specs, weights) for _ in group],
             [spec.eps for spec, group in zip(specs, weights) for _ in group],
             [int(spec.centered) for spec, group in zip(specs, weights) for _ in group])
-    outs, mean, rstd = fused_normalize_filters(flat, *args)  # autograd registered with the op
+    outs, mean, rstd = fused_normalize_filters(flat, *args)  # differentiable: mmdet_eps.ops
     if train and owners is not None:
         for weight, owner, offset in zip(flat, owners, offsets_of(flat)):
             if weight.requires_grad:
