@@ -28,8 +28,9 @@ concatenation, and returns per-filter means and rstds instead of unit filters.
 
 Under ``torch.compile`` and the exporters the torch-ops path is the textbook expression in plain,
 differentiable torch ops on each filter shape's concatenated weights (:func:`_traceable_batch`):
-the compiler derives its backward and fuses it (``fused=None`` picks it there: inductor's kernels
-beat the opaque fused ops, B9), and an exported graph holds standard ops only. The fused ops are
+the compiler derives its backward and fuses it (``fused=None`` picks it there: the mechanism that
+carries to GPUs, on a par with the opaque fused ops on the CPU, B9), and an exported graph holds
+standard ops only. The fused ops are
 registered custom ops (schema, fake kernel, autograd: ``mmdet_eps.ops``), so ``torch.compile``
 keeps them in its graph when asked for (``fused=True``); exporters always get the standard ops.
 """
@@ -275,7 +276,7 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
     """
     flat = [w for group in weights for w in group]
     if exporting() or (torch.compiler.is_compiling() and not fused):
-        return _traceable_batch(specs, weights)  # what inductor fuses, on any device (B9)
+        return _traceable_batch(specs, weights)  # what inductor fuses, on any device
     train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
     why = fused_unsupported(flat) if fused or fused is None else 'not requested'
     if fused and why:
