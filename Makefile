@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV_ARGS ?=
 MMCV_VERSION ?= 2.1.0
-# A lane is a venv with its own torch line and its own mmcv build (docs/install.md):
+# A lane is a venv with its own torch line and its own mmcv build (README: tested torch lines):
 #   default  torch 2.13 (CPU build): the README's two commands
 #   current  torch 2.14.1 + torchvision 0.29.1 + mmpretrain 1.2.0: `make test-current`
 LANE ?= default

@@ -30,9 +30,9 @@ Under ``torch.compile`` and the exporters the torch-ops path is the textbook exp
 differentiable torch ops on each filter shape's concatenated weights (:func:`_traceable_batch`):
 the compiler derives its backward and fuses it (``fused=None`` picks it there: the mechanism that
 carries to GPUs, on a par with the opaque fused ops on the CPU, B9), and an exported graph holds
-standard ops only. The fused ops are
-registered custom ops (schema, fake kernel, autograd: ``mmdet_eps.ops``), so ``torch.compile``
-keeps them in its graph when asked for (``fused=True``); exporters always get the standard ops.
+standard ops only. The fused ops are registered custom ops (schema, fake kernel, autograd:
+``mmdet_eps.ops``), so ``torch.compile`` keeps them in its graph when asked for
+(``fused=True``); exporters always get the standard ops.
 """
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -49,7 +49,6 @@ from .filter_stats import (
     filter_dims,
     record_filter_moments,
     record_unit_filters,
-    recording,
 )
 
 #: Dtypes normalized in float32 (their outputs are cast back).
@@ -275,14 +274,16 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
         list[list[Tensor]]: The normalized weights, nested as ``weights``.
     """
     flat = [w for group in weights for w in group]
-    if exporting() or (torch.compiler.is_compiling() and not fused):
+    compiling = torch.compiler.is_compiling()
+    if exporting() or (compiling and not fused):
         return _traceable_batch(specs, weights)  # what inductor fuses, on any device
     train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
     why = fused_unsupported(flat) if fused or fused is None else 'not requested'
     if fused and why:
         raise RuntimeError(f'fused weight normalization unavailable: {why}')
+    # only an eager forward records: in a compiled graph a record is a side effect outside it
     flat_owners = ([o for group in owners for o in group]
-                   if owners is not None and recording() else None)
+                   if owners is not None and not compiling else None)
     if why is None:
         return _fused_batch(specs, weights, flat, train, flat_owners)
     return _torch_batch(specs, weights, flat, train, flat_owners)[0]

@@ -96,11 +96,6 @@ class StatsOwner(Protocol):
     step_stats: Optional[StepStats]
 
 
-def recording() -> bool:
-    """Whether a forward records statistics for the step: in eager mode only."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
-
-
 def record_unit_filters(owner: StatsOwner, weight: Tensor, unit: Tensor) -> None:
     """Hand ``unit`` (the unit filters of ``weight`` as it is now) to ``owner``."""
     owner.step_stats = UnitFilters(weight._version, unit)
