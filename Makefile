@@ -9,11 +9,19 @@ VENV_ARGS ?=
 MMCV_VERSION ?= 2.1.0
 # A lane is a venv with its own torch line and its own mmcv build (README: tested torch lines):
 #   default  torch 2.13 (CPU build): the README's two commands
-#   current  torch 2.14.1 + torchvision 0.29.1 + mmpretrain 1.2.0: `make test-current`
+#   legacy   torch 2.1.2 + torchvision 0.16.2 + numpy < 2 + mmpretrain 1.2.0 (the mmdet 3.3 stack)
+#   current  torch 2.14.1 + torchvision 0.29.1 + mmpretrain 1.2.0
+# `make test-matrix` runs the legacy and current lanes.
 LANE ?= default
+NUMPY_SPEC ?= numpy<2.3
 ifeq ($(LANE),current)
 VENV ?= .venv-current
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= test,pretrain
+else ifeq ($(LANE),legacy)
+VENV ?= .venv-legacy
+TORCH_SPEC ?= torch==2.1.2 torchvision==0.16.2
+NUMPY_SPEC := numpy<2
 EXTRAS ?= test,pretrain
 else
 VENV ?= .venv
@@ -31,7 +39,7 @@ DEMO_CONFIG := configs/toy/cascade_rcnn_ws_eps_r18_toy.py
 DEMO_DIR := work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-current lint toy-data benchmarks clean-demo
+.PHONY: setup demo test test-current test-legacy test-matrix lint toy-data benchmarks clean-demo
 
 setup: $(STAMP)
 
@@ -39,10 +47,10 @@ $(STAMP): setup.py Makefile mmdet_eps/ops/csrc/filter_normalize.cpp tools/misc/b
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install -q --upgrade pip wheel 'setuptools>=77,<81'
 	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q 'numpy<2.3' ninja packaging
+	$(PIP) install -q '$(NUMPY_SPEC)' ninja packaging
 	$(PY) -c 'import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != "$(MMCV_VERSION)")' 2>/dev/null \
 	  || $(PY) tools/misc/build_mmcv.py --version $(MMCV_VERSION) --cache '$(MMCV_CACHE)'
-	$(PIP) install -q --no-build-isolation -e '.[$(EXTRAS)]'
+	$(PIP) install -q --no-build-isolation -e '.[$(EXTRAS)]' '$(NUMPY_SPEC)'
 	$(PY) -c 'import mmdet_eps, mmcv.ops; print("mmdet-eps set up:", mmdet_eps.__version__)'
 	touch $(STAMP)
 
@@ -61,9 +69,14 @@ demo: setup toy-data
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The suite again on the current torch line (its own venv and mmcv build).
+# The suite again on the other torch lines (each its own venv and mmcv build).
 test-current:
 	$(MAKE) test LANE=current
+
+test-legacy:
+	$(MAKE) test LANE=legacy
+
+test-matrix: test-legacy test-current
 
 lint: setup
 	$(PY) -m ruff check .

@@ -13,11 +13,24 @@ def fused_ops() -> dict:
     one."""
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    class OptionalBuildExtension(BuildExtension):
+        """The ops are an optimization: a torch or compiler they do not build with installs the
+        plugin without them (the torch-ops path gives the same results), saying so."""
+
+        def build_extension(self, ext) -> None:
+            try:
+                super().build_extension(ext)
+            except Exception as error:  # CompileError, LinkError, a missing compiler
+                print(f'mmdet-eps: the fused CPU ops did not build against torch '
+                      f'{torch.__version__} ({error}); installing without them: weights are '
+                      'normalized with torch ops (same results)')
+
     major, minor = torch.__version__.split('.')[:2]
     ext = CppExtension(f'mmdet_eps._ext_torch{major}_{minor}',
                        ['mmdet_eps/ops/csrc/filter_normalize.cpp'],
                        extra_compile_args=['-O3', '-fopenmp', '-fno-math-errno'])
-    return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension})
+    return dict(ext_modules=[ext], cmdclass={'build_ext': OptionalBuildExtension})
 
 
 setup(
@@ -29,7 +42,7 @@ setup(
     packages=find_packages(include=['mmdet_eps', 'mmdet_eps.*']),
     python_requires='>=3.8',
     install_requires=[
-        'torch>=2.4',
+        'torch>=2.0',
         'mmengine>=0.10.0,<0.11.0',
         'mmcv>=2.0.0rc4,<2.2.0',
         'mmdet>=3.3.0,<3.4.0',

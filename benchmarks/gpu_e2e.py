@@ -50,6 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -69,12 +70,13 @@ CHECK_LR, CHECK_LAMBDA = 0.5, 0.1
 STEP_TOL = 1e-4
 #: ``--smoke``: proposals per image and RoIs sampled per image and stage (mmdet: 1000-2000, 512).
 SMOKE_PROPOSALS, SMOKE_ROIS = 64, 32
-#: The top-level forward ops of a plain ResNet (batch norm: on 4-D activations); anything else
-#: in a WS backbone's forward is its weight normalization.
+#: The top-level forward ops of a plain ResNet (batch norm: on 4-D activations), and their inner
+#: ops, which torch 2.1's profiler now and then lists at the top level; anything else in a WS
+#: backbone's forward is its weight normalization.
 PLAIN_BACKBONE_OPS = frozenset([
-    'aten::conv2d', 'aten::convolution', 'aten::_convolution', 'aten::relu', 'aten::relu_',
-    'aten::add', 'aten::add_', 'aten::max_pool2d', 'aten::max_pool2d_with_indices',
-    'aten::batch_norm'])
+    'aten::conv2d', 'aten::convolution', 'aten::_convolution', 'aten::mkldnn_convolution',
+    'aten::relu', 'aten::relu_', 'aten::clamp_min', 'aten::clamp_min_', 'aten::add',
+    'aten::add_', 'aten::max_pool2d', 'aten::max_pool2d_with_indices'])
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -405,8 +407,13 @@ def _subtree(event) -> List:
     return out
 
 
+#: Batch norm as the profiler may list it at the top level (torch 2.1 lists its inner ops there).
+BATCH_NORM_OPS = frozenset(['aten::batch_norm', 'aten::_batch_norm_impl_index',
+                            'aten::native_batch_norm'])
+
+
 def _is_plain_backbone_op(event) -> bool:
-    if event.name == 'aten::batch_norm':  # a batch norm over weights viewed (1, C, n) is WS
+    if event.name in BATCH_NORM_OPS:  # a batch norm over weights viewed (1, C, n) is WS
         shapes = getattr(event, 'input_shapes', None) or []
         return not shapes or not shapes[0] or len(shapes[0]) == 4
     return event.name in PLAIN_BACKBONE_OPS
@@ -761,7 +768,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 batch, settings, device, budget))
             done += 1
             save(result, args.out)
-        if arch == 'cascade_rcnn' and (args.compile or device.startswith('cuda')):
+        if arch == 'cascade_rcnn' and TorchVersion(torch.__version__) < '2.4':
+            print(f'compiled section skipped: torch {torch.__version__} (torch.compile of the '
+                  'detectors needs torch >= 2.4)', flush=True)
+        elif arch == 'cascade_rcnn' and (args.compile or device.startswith('cuda')):
             section(f'compiled {arch} fp32 ({args.compile_backend})')
             result['compiled'] = time_compiled(models, wrappers['fp32'], batch, settings,
                                                device, args.compile_backend)

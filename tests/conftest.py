@@ -5,10 +5,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.torch_version import TorchVersion
 
 REPO = Path(__file__).resolve().parents[1]
-#: Where a test skipped in the default lane runs (README: tested torch lines).
-LANE = 'runs in the current lane (make test-current)'
+#: Where a test skipped for want of torchvision or mmpretrain runs (README: tested torch lines).
+LANE = 'runs in the legacy and current lanes (make test-matrix)'
+
+
+def needs_torch(version: str, feature: str) -> pytest.MarkDecorator:
+    """Skip a test of ``feature`` on torch older than ``version``: the default and current
+    lanes run it (README: supported torch lines)."""
+    return pytest.mark.skipif(
+        TorchVersion(torch.__version__) < version,
+        reason=f'{feature} needs torch >= {version}: runs in the default and current lanes')
+
+
+#: torch.compile and torch.export of the plugin's models (README: supported torch lines).
+needs_compile = needs_torch('2.4', 'torch.compile / torch.export')
 
 
 def load_script(path: str):

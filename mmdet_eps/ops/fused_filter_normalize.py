@@ -12,7 +12,8 @@ gives the same results. Only CPU kernels exist: on a GPU the torch-ops path runs
 As torch documents for custom ops, each op has a fake kernel (output shapes from input shapes,
 ``torch.library.register_fake``) and ``normalize_filters`` its autograd formula
 (``torch.library.register_autograd``: the backward op), so ``torch.compile`` and AOT autograd
-trace them like aten ops (``torch.library.opcheck`` passes, tests/ops).
+trace them like aten ops (``torch.library.opcheck`` passes, tests/ops). torch < 2.4 has no such
+registration: there the ops run in eager mode only and compiled graphs use torch ops.
 """
 import glob
 import os.path as osp
@@ -24,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mmdet_eps.utils.compat import CUSTOM_OP_API, is_compiling
+
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -34,6 +37,7 @@ def extension_name() -> str:
 
 
 def _load() -> bool:
+    """Load the extension; without it, say so once (a warning, on stderr) and return False."""
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     for suffix in EXTENSION_SUFFIXES:
         for path in glob.glob(osp.join(root, extension_name() + suffix)):
@@ -44,6 +48,8 @@ def _load() -> bool:
                               'the fused CPU ops (rebuild: pip install -e .)', stacklevel=2)
                 return False
             return True
+    warnings.warn(f'mmdet_eps.{extension_name()} is not built: weights are normalized with torch '
+                  'ops (same results; `pip install -e .` builds the fused CPU ops)', stacklevel=2)
     return False
 
 
@@ -137,15 +143,18 @@ def _register() -> None:
 
 #: Whether the compiled ops are loaded.
 FUSED_AVAILABLE: bool = _load()
-if FUSED_AVAILABLE:
+if FUSED_AVAILABLE and CUSTOM_OP_API:  # before torch 2.4 the ops run in eager mode only
     _register()
 
 
 def fused_unsupported(tensors: Sequence[Tensor]) -> Optional[str]:
     """Why the fused ops cannot take ``tensors`` (None when they can): they need the extension
-    and contiguous CPU tensors of one floating dtype, float32 or float64."""
+    and contiguous CPU tensors of one floating dtype, float32 or float64 (and, in a compiled
+    graph, torch >= 2.4)."""
     if not FUSED_AVAILABLE:
         return f'the compiled extension mmdet_eps.{extension_name()} is not built'
+    if not CUSTOM_OP_API and is_compiling():
+        return f'torch {torch.__version__} cannot trace custom ops (torch >= 2.4 can)'
     dtype = tensors[0].dtype if tensors else None
     if dtype in _DTYPES and all(t.is_cpu and t.dtype == dtype and t.is_contiguous()
                                 for t in tensors):
@@ -168,7 +177,7 @@ def fused_normalize_filters(weights: Sequence[Tensor], shift: Sequence[float],
         and rstds (``1 / sqrt(||u||² / n)``, plus float's smallest normal number inside the
         sqrt when ``eps > 0``) of all weights, concatenated in order.
     """
-    if torch.compiler.is_compiling():
+    if is_compiling():
         return torch.ops.mmdet_eps.normalize_filters(weights, shift, eps, centered)
     *outs, mean, rstd = _FusedNormalizeFilters.apply(shift, eps, centered, *weights)
     return list(outs), mean, rstd

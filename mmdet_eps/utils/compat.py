@@ -1,20 +1,38 @@
-"""Compatibility fixes for mmengine 0.10.x on the torch and hosts we support. Each fix is small,
-applied when ``mmdet_eps`` is imported, and shown by a test (tests/utils/test_compat.py).
+"""Compatibility fixes for mmengine 0.10.x and the torch lines we support (2.0 and newer). Each
+fix is small, applied when ``mmdet_eps`` is imported, and shown by a test
+(tests/utils/test_compat.py).
 
 1. Safe checkpoint loading under torch >= 2.6. torch loads with ``weights_only=True`` by default
    and refuses the numpy values and ``HistoryBuffer`` objects mmengine writes into every
    checkpoint, so ``--resume`` and ``tools/test.py`` fail. Rather than switch safety off, we allow
    exactly those types and route local checkpoint loads through :func:`safe_load`, which always
-   loads weights-only (on older torch too) and explains a refusal: a checkpoint carrying a pickled
-   callable is refused before anything in it runs.
+   loads weights-only and explains a refusal: a checkpoint carrying a pickled callable is refused
+   before anything in it runs. torch < 2.4 has no allow-list API
+   (``torch.serialization.add_safe_globals``): there :func:`safe_load` unpickles with
+   :class:`AllowListUnpickler` (torch's weights-only globals plus mmengine's types), the
+   restriction the ``pickle`` docs describe.
 2. Distributed training on CPU hosts (gloo). mmengine's pytorch launcher calls
    ``torch.cuda.set_device`` and wraps the model in DDP with ``device_ids=[local_rank]``; both
    fail without a GPU. Without CUDA we skip the former, use gloo instead of nccl, and give DDP
    ``device_ids=None``, so ``tools/dist_train.sh`` runs on CPU (our tests do).
+3. What older torch lines lack, asked here instead of torch: :func:`is_compiling`
+   (``torch.compiler.is_compiling``, torch >= 2.3), :func:`is_exporting` (torch >= 2.5; before,
+   export runs through dynamo and counts as compiling), :func:`compiler_disable`
+   (``torch.compiler``, torch >= 2.1) and :data:`CUSTOM_OP_API` (``torch.library.register_fake``
+   and ``register_autograd``, torch >= 2.4: without them the fused ops run in eager mode only).
+4. Optimizer step hooks under torch < 2.3. The first ``torch.compile`` in a process (dynamo's
+   ``TorchPatcher.patch``) strips the wrapper that runs step pre/post hooks from every
+   ``torch.optim`` class, so from then on no hook runs: the ε-shifted term (``EpsShiftStep``, a
+   step pre-hook) would silently stop. We run dynamo's patch, then put the wrapper back
+   (:func:`rehook_optimizer_steps`).
 """
+import codecs
+import collections
+import functools
 import os.path as osp
 import pickle
-from typing import Any, List, Optional
+import types
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -23,6 +41,8 @@ from mmengine.dist import utils as dist_utils
 from mmengine.logging import HistoryBuffer
 from mmengine.model import MMDistributedDataParallel
 from mmengine.runner.checkpoint import CheckpointLoader
+from torch.optim import Optimizer
+from torch.torch_version import TorchVersion
 
 try:
     from numpy._core import multiarray
@@ -64,14 +84,62 @@ def _mmengine_checkpoint_types() -> List[Any]:
          for module in ('numpy._core.multiarray', 'numpy.core.multiarray')]
 
 
+#: Whether torch keeps an allow-list of globals for weights-only loading (torch >= 2.4).
+ALLOW_LIST_API: bool = hasattr(torch.serialization, 'add_safe_globals')
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed_globals() -> Dict[str, Any]:
+    """``module.name`` -> object for what :class:`AllowListUnpickler` may look up: what the
+    weights-only loader of this torch allows, the plain types newer torch added to it (mmengine
+    writes ``Counter`` s, numpy 1.x raw bytes through ``_codecs.encode``) and mmengine's types."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+    allowed = dict(_get_allowed_globals())
+    allowed.update({'_codecs.encode': codecs.encode, 'builtins.bytearray': bytearray,
+                    'builtins.complex': complex, 'builtins.set': set,
+                    'collections.Counter': collections.Counter})
+    for entry in _mmengine_checkpoint_types():
+        obj, name = entry if isinstance(entry, tuple) else (entry, None)
+        allowed[name or f'{obj.__module__}.{obj.__qualname__}'] = obj
+    return allowed
+
+
+class DisallowedGlobalError(pickle.UnpicklingError):
+    """:class:`AllowListUnpickler` met a global outside its allow-list (a corrupt file raises
+    other errors)."""
+
+
+class AllowListUnpickler(pickle.Unpickler):
+    """An unpickler that looks up only torch's weights-only globals and mmengine's checkpoint
+    types (torch < 2.4, whose weights-only loader cannot be told about the latter)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _allowed_globals().get(f'{module}.{name}')
+        if found is None:
+            raise DisallowedGlobalError(f'Unsupported global: GLOBAL {module}.{name} is not an '
+                                        'allowed global')
+        return found
+
+
+#: ``pickle_module`` for ``torch.load``: :class:`AllowListUnpickler` for every pickle in a file.
+ALLOW_LIST_PICKLE = types.SimpleNamespace(
+    __name__=__name__, Unpickler=AllowListUnpickler,
+    load=lambda file, **kwargs: AllowListUnpickler(file, **kwargs).load())
+
+
 def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
-    """``torch.load(weights_only=True)`` with a clear error when a file is refused."""
+    """``torch.load(weights_only=True)`` (torch's allow-list on torch < 2.4) with a clear error
+    when a file is refused."""
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    safety = (dict(weights_only=True) if ALLOW_LIST_API else dict(
+        weights_only=False, pickle_module=ALLOW_LIST_PICKLE))
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        return torch.load(filename, map_location=map_location, **safety)
     except pickle.UnpicklingError as err:
+        if not (ALLOW_LIST_API or isinstance(err, DisallowedGlobalError)):
+            raise  # not a refusal: a corrupt or truncated file
         lines = str(err).splitlines()
         detail = next((line.strip() for line in lines
                        if any(word in line for word in ('GLOBAL', 'Unpickler', 'Can only build'))),
@@ -97,10 +165,65 @@ def _ddp_init_cpu(self, module: torch.nn.Module, *args, **kwargs) -> None:
     _ddp_init(self, module, *args, **kwargs)
 
 
+def _torch_compiler(name: str, default: Callable) -> Callable:
+    """``torch.compiler.<name>``, else ``torch._dynamo.<name>`` (torch < 2.3 or 2.1), else
+    ``default``."""
+    found = getattr(getattr(torch, 'compiler', None), name, None)
+    if found is None:
+        from torch import _dynamo
+        found = getattr(_dynamo, name, default)
+    return found
+
+
+#: Whether dynamo traces the caller (``torch.compile``, ``torch.export``).
+is_compiling: Callable[[], bool] = _torch_compiler('is_compiling', lambda: False)
+#: ``torch.compiler.disable``: the decorated function runs eagerly, outside compiled graphs.
+compiler_disable: Callable = _torch_compiler('disable', lambda fn: fn)
+#: Whether ``torch.export`` traces the caller (False where torch cannot tell, torch < 2.5).
+is_exporting: Callable[[], bool] = getattr(getattr(torch, 'compiler', None), 'is_exporting',
+                                           lambda: False)
+#: Whether torch has the custom-op registration API (fake kernels, autograd formulas).
+CUSTOM_OP_API: bool = hasattr(torch.library, 'register_fake') and hasattr(
+    torch.library, 'register_autograd')
+
+
+#: torch < 2.3: dynamo's first compile unwraps every ``torch.optim`` class's ``step`` (fix 4).
+DYNAMO_DROPS_STEP_HOOKS: bool = TorchVersion(torch.__version__) < '2.3'
+
+
+def rehook_optimizer_steps() -> None:
+    """Give every ``torch.optim`` class's ``step`` the wrapper that runs step pre/post hooks
+    (``Optimizer.profile_hook_step``) where it lacks one. Idempotent."""
+    hook_code = Optimizer.profile_hook_step(lambda: None).__code__
+    for cls in vars(torch.optim).values():
+        if (isinstance(cls, type) and issubclass(cls, Optimizer)
+                and getattr(cls.step, '__code__', None) is not hook_code):
+            cls.step = Optimizer.profile_hook_step(cls.step)
+            cls.step.hooked = True
+
+
+def _patch_keeping_step_hooks(patch: Callable) -> Callable:
+    """``TorchPatcher.patch`` (run by dynamo's first compile), then the step hooks back."""
+
+    @functools.wraps(patch)
+    def patch_keeping_step_hooks() -> None:
+        patch()
+        rehook_optimizer_steps()
+
+    patch_keeping_step_hooks.keeps_step_hooks = True
+    return patch_keeping_step_hooks
+
+
 def enable_compat() -> None:
-    """Apply both fixes. Idempotent; called when ``mmdet_eps`` is imported."""
-    torch.serialization.add_safe_globals(_mmengine_checkpoint_types())
+    """Apply fixes 1, 2 and 4. Idempotent; called when ``mmdet_eps`` is imported."""
+    if ALLOW_LIST_API:
+        torch.serialization.add_safe_globals(_mmengine_checkpoint_types())
     CheckpointLoader.register_scheme(prefixes='', loader=safe_load, force=True)
     if not torch.cuda.is_available():
         dist_utils._init_dist_pytorch = _init_dist_pytorch_cpu
         MMDistributedDataParallel.__init__ = _ddp_init_cpu
+    if DYNAMO_DROPS_STEP_HOOKS:
+        from torch._dynamo.eval_frame import TorchPatcher
+        if not getattr(TorchPatcher.patch, 'keeps_step_hooks', False):
+            TorchPatcher.patch = staticmethod(_patch_keeping_step_hooks(TorchPatcher.patch))
+        rehook_optimizer_steps()  # in case a compile ran before this import

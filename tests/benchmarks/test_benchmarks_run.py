@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, needs_compile
 
 
 @pytest.mark.slow
@@ -30,6 +30,7 @@ def test_run_all_quick_writes_every_result(tmp_path):
 
 
 @pytest.mark.slow
+@needs_compile
 def test_b9_quick_compiles_and_counts_no_graph_break(tmp_path):
     """The compile benchmark end to end (aot_eager: the tracing without inductor's C++ builds)."""
     out = tmp_path / 'B9.json'

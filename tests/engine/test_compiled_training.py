@@ -12,11 +12,12 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from mmdet_eps.models.backbones import WSResNet
+from tests.conftest import needs_compile
 from tests.toy_run import toy_config
 
 from .helpers import autograd_grad, build_optim_wrapper
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_compile]
 
 
 

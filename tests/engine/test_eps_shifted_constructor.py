@@ -14,6 +14,7 @@ from mmengine.logging import MMLogger
 from torch import nn
 
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import FAMILY_KEY, LAMBDA_KEY, MODE_KEY
+from tests.conftest import needs_torch
 
 from .helpers import TinyNet, autograd_grad, build_optim_wrapper
 
@@ -188,6 +189,7 @@ def test_gradient_accumulation_applies_the_term_once_per_real_step():
                                w0 - 0.1 * autograd_grad(w0, 'wn', 0.1, 0.5))
 
 
+@needs_torch('2.3', 'A CPU GradScaler')
 def test_amp_grad_scaler_sees_unscaled_gradients_and_skips_overflow_steps():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 6, 6)

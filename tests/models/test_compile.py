@@ -10,6 +10,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from mmdet_eps.models.backbones import WSResNet, WSResNeXt
 from mmdet_eps.models.layers import CWNConv, FilterNorm, WNConv, WSConv, fan_in
 from mmdet_eps.models.layers.filter_normalize import _backward, _forward
+from mmdet_eps.utils.compat import CUSTOM_OP_API
+from tests.conftest import needs_compile
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +87,7 @@ def test_torch_ops_backward_calls_group_norm_as_its_schema_says(shape, eps):
         assert _backward(spec, saved, fake_g).shape == shape
 
 
+@needs_compile
 @pytest.mark.parametrize('cls', CONVS)
 @pytest.mark.parametrize('fused', [True, False])
 def test_layers_compile_without_breaks_and_equal_eager(cls, fused):
@@ -93,6 +96,7 @@ def test_layers_compile_without_breaks_and_equal_eager(cls, fused):
                                      torch.randn(2, 4, 9, 9))
 
 
+@needs_compile
 def test_resnet_and_ws_resnet_compile_into_one_graph():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
@@ -104,6 +108,7 @@ def test_resnet_and_ws_resnet_compile_into_one_graph():
             assert _breaks(model, x) == 0, (group_by, fused)
 
 
+@needs_compile
 @pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('group_by', ['backbone', 'stage'])
 def test_ws_resnet_compiled_gradients_equal_eager(fused, group_by):
@@ -113,6 +118,7 @@ def test_ws_resnet_compiled_gradients_equal_eager(fused, group_by):
     _assert_compiled_equals_eager(model, torch.randn(2, 3, 32, 32))
 
 
+@needs_compile
 def test_ws_resnext_compiles_without_breaks_and_equals_eager():
     torch.manual_seed(0)
     _assert_one_graph_equal_to_eager(
@@ -120,6 +126,7 @@ def test_ws_resnext_compiles_without_breaks_and_equals_eager():
         torch.randn(2, 3, 32, 32))
 
 
+@needs_compile
 def test_inductor_compiles_the_grouped_backbone():
     """The real compiler (C++ kernels on the CPU, float64), forward and backward, both paths."""
     torch.manual_seed(0)
@@ -129,6 +136,7 @@ def test_inductor_compiles_the_grouped_backbone():
         _assert_compiled_equals_eager(model, x, backend='inductor')
 
 
+@needs_compile
 def test_compiled_bf16_autocast_equals_eager():
     torch.manual_seed(0)
     model = WSResNet(depth=18, base_channels=8, norm_eval=False, fused=False)
@@ -143,3 +151,12 @@ def test_compiled_bf16_autocast_equals_eager():
     torch.testing.assert_close(compiled[0], eager[0], rtol=2e-2, atol=1e-3)
     for a, b in zip(compiled[1], eager[1]):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=1e-3)
+
+
+@pytest.mark.skipif(CUSTOM_OP_API, reason='torch < 2.4 only: runs in the legacy lane')
+def test_fused_ops_in_a_graph_are_refused_before_torch_2_4():
+    """Without custom-op registration the fused ops cannot be traced: fused=True under
+    torch.compile says why; fused=None (the default) compiles the torch-ops expression."""
+    conv = WSConv(3, 4, 3, fused=True)
+    with pytest.raises(RuntimeError, match='cannot trace custom ops'):
+        torch.compile(conv, backend='aot_eager')(torch.randn(1, 3, 8, 8))

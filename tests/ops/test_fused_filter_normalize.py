@@ -9,6 +9,7 @@ from mmdet_eps.engine.optimizers.eps_shifted_regularizer import eps_shift, eps_s
 from mmdet_eps.models.layers import FilterNorm, fan_in, normalize_batch
 from mmdet_eps.ops import FUSED_AVAILABLE, fused_eps_shift_, fused_filter_moments, fused_unsupported
 from mmdet_eps.utils.op_count import count_ops
+from tests.conftest import needs_torch
 
 # (shape, centered, divisor as a function of n, eps): WS unbiased / population, CWN, WN
 CASES = [((6, 4, 3, 3), True, lambda n: n - 1, 1e-5), ((5, 8, 1, 1), True, lambda n: n, 0.),
@@ -155,6 +156,7 @@ def test_ops_check_their_arguments():
         fused_eps_shift_([w.double()], [w], [mean], [rstd], offsets, [0.1], [0.1])
 
 
+@needs_torch('2.4', 'Custom-op registration (torch.library.register_fake, opcheck)')
 def test_ops_pass_opcheck():
     """Registered as torch documents custom ops: schema, fake kernel, autograd formula
     (torch.library.opcheck runs the op under fake tensors, AOT autograd with dynamic shapes,

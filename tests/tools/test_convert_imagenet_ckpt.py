@@ -13,7 +13,7 @@ from mmdet.registry import MODELS
 from mmengine.runner import load_checkpoint
 
 from mmdet_eps.utils import UnsafeCheckpointError
-from tests.conftest import REPO, load_tool
+from tests.conftest import LANE, REPO, load_tool
 
 cvt = load_tool('model_converters/convert_imagenet_ckpt')
 TOOL = REPO / 'tools' / 'model_converters' / 'convert_imagenet_ckpt.py'
@@ -66,7 +66,7 @@ def save_pytorchinsight(model, path, numpy1_legacy=False):
                 optimizer=dict(state={0: dict(momentum_buffer=torch.zeros(3))},
                                param_groups=[dict(lr=0.1, momentum=0.9, params=[0])]))
     torch.save(ckpt, path, _use_new_zipfile_serialization=not numpy1_legacy)
-    if numpy1_legacy:  # numpy 1.x pickles its scalars as numpy.core.multiarray.scalar
+    if numpy1_legacy and np.__version__ >= '2':  # numpy 1.x: numpy.core.multiarray.scalar
         data = path.read_bytes()
         assert b'numpy._core.multiarray' in data
         path.write_bytes(data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray'))
@@ -97,6 +97,15 @@ def r50():
     return _source(depth=50)
 
 
+def _needs_no_allow_list(path) -> bool:
+    """Whether torch's own weights-only loader, with nothing added to its allow-list, takes the
+    file: what any other tool that reads the checkpoint can rely on."""
+    if hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):  # torch >= 2.5
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    torch.load(path, weights_only=True)  # torch < 2.4: no allow-list, its defaults only
+    return True
+
+
 def _check_dst(dst, src, source_model, arch='resnet', depth=18, **kwargs):
     """DST loads strictly into a fresh WS backbone, which then computes what the source does."""
     ours = _backbone(arch, depth, **kwargs)
@@ -104,7 +113,7 @@ def _check_dst(dst, src, source_model, arch='resnet', depth=18, **kwargs):
     ours.eval()
     for a, b in zip(_outputs(source_model), _outputs(ours)):
         assert torch.equal(a, b)
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(dst) == []  # torch's defaults
+    assert _needs_no_allow_list(dst)
     ckpt = torch.load(dst, weights_only=True)
     assert set(ckpt) == {'state_dict', 'meta'}
     assert not any(k.startswith(('fc.', 'head.', 'module.', 'backbone.'))
@@ -176,6 +185,27 @@ def test_torchvision_resnext(x50, tmp_path):
                        input_size=SIZE)
     _check_dst(dst, src, x50, 'resnext', 50, groups=32, base_width=4)
     assert (meta['format'], meta['groups'], meta['base_width']) == ('torchvision', 32, 4)
+
+
+@pytest.mark.parametrize('name,arch,depth,kwargs', [
+    ('resnet18', 'resnet', 18, {}), ('resnet50', 'resnet', 50, {}),
+    ('resnext50_32x4d', 'resnext', 50, dict(groups=32, base_width=4))])
+def test_real_torchvision_models(tmp_path, name, arch, depth, kwargs):
+    """torchvision's own ResNet / ResNeXt classes (their state dicts as ``torch.save`` writes
+    them): every backbone tensor lands in DST under its name and loads strictly."""
+    models = pytest.importorskip('torchvision.models', reason=LANE)
+    torch.manual_seed(0)
+    source = getattr(models, name)(weights=None).state_dict()
+    src = tmp_path / f'{name}.pth'
+    torch.save(source, src)
+    dst = tmp_path / 'out' / f'{name}.pth'
+    meta = cvt.convert(src, dst, arch=arch, verify=True, input_size=SIZE, **kwargs)
+    assert (meta['format'], meta['arch'], meta['depth']) == ('torchvision', arch, depth)
+    state = torch.load(dst, weights_only=True)['state_dict']
+    backbone = {k: v for k, v in source.items() if not k.startswith('fc.')}
+    assert state.keys() == backbone.keys()
+    assert all(torch.equal(state[k], v) for k, v in backbone.items())
+    load_checkpoint(_backbone(arch, depth, **kwargs), str(dst), strict=True)
 
 
 @pytest.mark.parametrize('kwargs,expected', [(dict(groups=64), 'groups=64 was expected'),

@@ -9,7 +9,7 @@ import torch
 from mmengine.logging import MessageHub
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, save_checkpoint
 
-from mmdet_eps.utils import UnsafeCheckpointError
+from mmdet_eps.utils import UnsafeCheckpointError, compat
 from mmdet_eps.utils.compat import _init_dist_pytorch_cpu
 from tests.conftest import REPO
 
@@ -38,7 +38,27 @@ def _load_in_fresh_python(path, import_plugin: bool) -> subprocess.CompletedProc
                           cwd=REPO, timeout=120)
 
 
-@pytest.mark.skipif(not hasattr(torch.serialization, 'add_safe_globals'), reason='torch < 2.4')
+@pytest.fixture(params=['torch allow-list', 'AllowListUnpickler'])
+def safety(request, monkeypatch) -> str:
+    """Both ways ``safe_load`` checks a file: torch's weights-only loader with mmengine's types
+    added (torch >= 2.4), and :class:`AllowListUnpickler` (what torch < 2.4 gets; here forced)."""
+    if request.param == 'AllowListUnpickler':
+        monkeypatch.setattr(compat, 'ALLOW_LIST_API', False)
+    elif not compat.ALLOW_LIST_API:
+        pytest.skip(f'torch {torch.__version__} has no allow-list: runs in the default and '
+                    'current lanes')
+    return request.param
+
+
+def test_mmengine_checkpoint_loads_either_way(mmengine_checkpoint, safety):
+    ckpt = _load_checkpoint(str(mmengine_checkpoint))
+    assert sorted(ckpt) == ['message_hub', 'meta', 'state_dict']
+    assert ckpt['meta']['seed'] == 7 and ckpt['meta']['acc'] == 0.5
+    hub = MessageHub.get_instance('compat_test_loaded')
+    hub.load_state_dict(ckpt['message_hub'])
+    assert hub.get_scalar('train/loss').mean() == 0.5 and hub.get_info('iter') == 3
+
+
 def test_mmengine_checkpoints_fail_upstream_and_load_with_the_fix(mmengine_checkpoint):
     upstream = _load_in_fresh_python(mmengine_checkpoint, import_plugin=False)
     if torch.__version__ >= '2.6':
@@ -58,7 +78,7 @@ class _Payload:
         return (os.mkdir, (self.marker, ))
 
 
-def test_pickled_callable_is_refused_and_never_runs(tmp_path):
+def test_pickled_callable_is_refused_and_never_runs(tmp_path, safety):
     marker = str(tmp_path / 'pwned')
     path = tmp_path / 'evil.pth'
     with open(path, 'wb') as f:
@@ -71,7 +91,7 @@ def test_pickled_callable_is_refused_and_never_runs(tmp_path):
     assert not os.path.exists(marker)
 
 
-def test_plain_pickle_files_are_refused(tmp_path):
+def test_plain_pickle_files_are_refused(tmp_path, safety):
     path = tmp_path / 'legacy.pkl'
     path.write_bytes(pickle.dumps({'state_dict': {'w': [1, 2]}, 'fn': print}))
     with pytest.raises(UnsafeCheckpointError):
@@ -103,3 +123,26 @@ def test_only_history_buffer_methods_pass_the_getattr_guard():
     for obj, name in ((HistoryBuffer, '__init__'), (os, 'system'), (HistoryBuffer, '__class__')):
         with pytest.raises(pickle.UnpicklingError):
             _history_buffer_method(obj, name)
+
+
+def _step_hook_runs_after_a_compile(import_plugin: bool) -> subprocess.CompletedProcess:
+    code = ('import mmdet_eps\n' if import_plugin else '') + (
+        'import torch\n'
+        'opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)\n'
+        'calls = []\n'
+        'opt.register_step_pre_hook(lambda *args: calls.append(1))\n'
+        "torch.compile(lambda x: x.sin() + 1, backend='aot_eager')(torch.randn(3))\n"
+        'opt.step()\n'
+        'print(len(calls))')
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def test_optimizer_step_hooks_survive_the_first_compile():
+    """torch < 2.3 drops every optimizer step hook at the first torch.compile in a process:
+    the ε-shifted step (a step pre-hook) would stop without a word. With the plugin it runs."""
+    if compat.DYNAMO_DROPS_STEP_HOOKS:
+        upstream = _step_hook_runs_after_a_compile(import_plugin=False)
+        assert upstream.returncode == 0 and upstream.stdout.split()[-1] == '0', upstream.stderr
+    fixed = _step_hook_runs_after_a_compile(import_plugin=True)
+    assert fixed.returncode == 0 and fixed.stdout.split()[-1] == '1', fixed.stderr

@@ -36,6 +36,7 @@ from mmdet_eps.models.layers.filter_stats import (
     unit_filters,
 )
 from mmdet_eps.ops import fused_eps_shift_, fused_unsupported
+from mmdet_eps.utils.compat import compiler_disable
 
 #: Param-group keys set by ``EpsShiftedOptimWrapperConstructor``; they travel in checkpoints.
 FAMILY_KEY = 'eps_shift_family'
@@ -216,7 +217,7 @@ class EpsShiftStep:
                             for p in g['params']] for g in groups]
         return self.owners
 
-    @torch.compiler.disable
+    @compiler_disable
     @torch.no_grad()
     def __call__(self, optimizer: Optimizer, *_) -> None:
         groups = optimizer.param_groups

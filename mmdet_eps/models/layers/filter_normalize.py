@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from mmdet_eps.ops import fused_normalize_filters, fused_unsupported, offsets_of
+from mmdet_eps.utils.compat import is_compiling, is_exporting
 
 from .filter_stats import (
     StatsOwner,
@@ -205,7 +206,7 @@ def _traceable_batch(specs: Sequence[FilterNorm],
 def exporting() -> bool:
     """Whether an exporter traces the model (``torch.export``, ONNX, TorchScript tracing): the
     graph must then hold standard ops only."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+    return torch.jit.is_tracing() or is_exporting()
 
 
 def _fused_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
@@ -274,7 +275,7 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
         list[list[Tensor]]: The normalized weights, nested as ``weights``.
     """
     flat = [w for group in weights for w in group]
-    compiling = torch.compiler.is_compiling()
+    compiling = is_compiling()
     if exporting() or (compiling and not fused):
         return _traceable_batch(specs, weights)  # what inductor fuses, on any device
     train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
