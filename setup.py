@@ -18,13 +18,14 @@ def fused_ops() -> dict:
         """The ops are an optimization: a torch or compiler they do not build with installs the
         plugin without them (the torch-ops path gives the same results), saying so."""
 
-        def build_extension(self, ext) -> None:
+        def build_extensions(self) -> None:
             try:
-                super().build_extension(ext)
+                super().build_extensions()
             except Exception as error:  # CompileError, LinkError, a missing compiler
                 print(f'mmdet-eps: the fused CPU ops did not build against torch '
                       f'{torch.__version__} ({error}); installing without them: weights are '
                       'normalized with torch ops (same results)')
+                self.extensions = []  # nothing to copy or to list as built
 
     major, minor = torch.__version__.split('.')[:2]
     ext = CppExtension(f'mmdet_eps._ext_torch{major}_{minor}',

@@ -128,8 +128,8 @@ ALLOW_LIST_PICKLE = types.SimpleNamespace(
 
 
 def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
-    """``torch.load(weights_only=True)`` (torch's allow-list on torch < 2.4) with a clear error
-    when a file is refused."""
+    """``torch.load(weights_only=True)`` (:class:`AllowListUnpickler` on torch < 2.4) with a clear
+    error when a file is refused."""
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')

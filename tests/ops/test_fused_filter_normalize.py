@@ -174,3 +174,13 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.mmdet_eps.eps_shift_.default,
                           (targets, [w.detach() for w in flat], [mean] * 5, [rstd] * 5, offsets,
                            [0.1] * 5, [-0.2] * 5))
+
+
+def test_a_missing_extension_is_reported_and_the_layers_fall_back(monkeypatch):
+    from mmdet_eps.ops import fused_filter_normalize as ops
+    monkeypatch.setattr(ops, 'extension_name', lambda: '_ext_torch0_0')
+    with pytest.warns(UserWarning, match='_ext_torch0_0 is not built: weights are normalized '
+                      'with torch ops'):
+        assert ops._load() is False
+    monkeypatch.setattr(ops, 'FUSED_AVAILABLE', False)
+    assert 'is not built' in ops.fused_unsupported([torch.ones(2, 3)])
