@@ -77,6 +77,9 @@ PLAIN_BACKBONE_OPS = frozenset([
     'aten::conv2d', 'aten::convolution', 'aten::_convolution', 'aten::mkldnn_convolution',
     'aten::relu', 'aten::relu_', 'aten::clamp_min', 'aten::clamp_min_', 'aten::add',
     'aten::add_', 'aten::max_pool2d', 'aten::max_pool2d_with_indices'])
+#: Batch norm as the profiler may list it at the top level (torch 2.1 lists its inner ops there).
+BATCH_NORM_OPS = frozenset(['aten::batch_norm', 'aten::_batch_norm_impl_index',
+                            'aten::native_batch_norm'])
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -405,11 +408,6 @@ def _subtree(event) -> List:
         out.append(e)
         stack.extend(e.cpu_children)
     return out
-
-
-#: Batch norm as the profiler may list it at the top level (torch 2.1 lists its inner ops there).
-BATCH_NORM_OPS = frozenset(['aten::batch_norm', 'aten::_batch_norm_impl_index',
-                            'aten::native_batch_norm'])
 
 
 def _is_plain_backbone_op(event) -> bool:

@@ -166,7 +166,7 @@ def _ddp_init_cpu(self, module: torch.nn.Module, *args, **kwargs) -> None:
 
 
 def _torch_compiler(name: str, default: Callable) -> Callable:
-    """``torch.compiler.<name>``, else ``torch._dynamo.<name>`` (torch < 2.3 or 2.1), else
+    """``torch.compiler.<name>``, else ``torch._dynamo.<name>`` (older torch), else
     ``default``."""
     found = getattr(getattr(torch, 'compiler', None), name, None)
     if found is None:
@@ -180,8 +180,7 @@ is_compiling: Callable[[], bool] = _torch_compiler('is_compiling', lambda: False
 #: ``torch.compiler.disable``: the decorated function runs eagerly, outside compiled graphs.
 compiler_disable: Callable = _torch_compiler('disable', lambda fn: fn)
 #: Whether ``torch.export`` traces the caller (False where torch cannot tell, torch < 2.5).
-is_exporting: Callable[[], bool] = getattr(getattr(torch, 'compiler', None), 'is_exporting',
-                                           lambda: False)
+is_exporting: Callable[[], bool] = _torch_compiler('is_exporting', lambda: False)
 #: Whether torch has the custom-op registration API (fake kernels, autograd formulas).
 CUSTOM_OP_API: bool = hasattr(torch.library, 'register_fake') and hasattr(
     torch.library, 'register_autograd')
