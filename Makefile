@@ -11,12 +11,19 @@ MMCV_VERSION ?= 2.1.0
 #   default  torch 2.13 (CPU build): the README's two commands
 #   legacy   torch 2.1.2 + torchvision 0.16.2 + numpy < 2 + mmpretrain 1.2.0 (the mmdet 3.3 stack)
 #   current  torch 2.14.1 + torchvision 0.29.1 + mmpretrain 1.2.0
+#   oldest   torch 2.0.1 + torchvision 0.15.2 + numpy < 2 + mmpretrain 1.2.0 (setup.py's floor;
+#            run by hand, not by CI)
 # `make test-matrix` runs the legacy and current lanes.
 LANE ?= default
 NUMPY_SPEC ?= numpy<2.3
 ifeq ($(LANE),current)
 VENV ?= .venv-current
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= test,pretrain
+else ifeq ($(LANE),oldest)
+VENV ?= .venv-oldest
+TORCH_SPEC ?= torch==2.0.1 torchvision==0.15.2
+NUMPY_SPEC := numpy<2
 EXTRAS ?= test,pretrain
 else ifeq ($(LANE),legacy)
 VENV ?= .venv-legacy
@@ -39,7 +46,7 @@ DEMO_CONFIG := configs/toy/cascade_rcnn_ws_eps_r18_toy.py
 DEMO_DIR := work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-current test-legacy test-matrix lint toy-data benchmarks clean-demo
+.PHONY: setup demo test test-current test-legacy test-oldest test-matrix lint toy-data benchmarks clean-demo
 
 setup: $(STAMP)
 
@@ -75,6 +82,9 @@ test-current:
 
 test-legacy:
 	$(MAKE) test LANE=legacy
+
+test-oldest:
+	$(MAKE) test LANE=oldest
 
 test-matrix: test-legacy test-current
 

@@ -24,6 +24,22 @@ def needs_torch(version: str, feature: str) -> pytest.MarkDecorator:
 needs_compile = needs_torch('2.4', 'torch.compile / torch.export')
 
 
+def _dynamo_supported() -> bool:
+    from torch._dynamo.eval_frame import check_if_dynamo_supported
+    try:
+        check_if_dynamo_supported()
+    except RuntimeError:
+        return False
+    return True
+
+
+#: Tests that run dynamo at all: torch 2.0 has no ``torch.compile`` on Python 3.11.
+needs_dynamo = pytest.mark.skipif(
+    not _dynamo_supported(),
+    reason='torch.compile is unavailable on this torch and Python (torch 2.0 compiles on '
+           'Python <= 3.10 only): runs in every CI lane')
+
+
 def load_script(path: str):
     """Import the script ``REPO/<path>`` (e.g. ``'benchmarks/b2_optimizer_step.py'``) as a
     module: tools/ and benchmarks/ are not packages."""

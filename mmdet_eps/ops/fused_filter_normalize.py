@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from mmdet_eps.utils.compat import CUSTOM_OP_API, is_compiling
+from mmdet_eps.utils.compat import CUSTOM_OP_API, below_autograd, is_compiling
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -119,7 +119,7 @@ class _FusedNormalizeFilters(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shift: List[float], eps: List[float], centered: List[int],
                 *weights: Tensor) -> Tuple[Tensor, ...]:
-        with torch._C._AutoDispatchBelowAutograd():
+        with below_autograd():
             outs, mean, rstd = torch.ops.mmdet_eps.normalize_filters(weights, shift, eps,
                                                                       centered)
         _save(ctx, weights, outs, mean, rstd, shift, eps, centered)

@@ -19,7 +19,9 @@ fix is small, applied when ``mmdet_eps`` is imported, and shown by a test
    (``torch.compiler.is_compiling``, torch >= 2.3), :func:`is_exporting` (torch >= 2.5; before,
    export runs through dynamo and counts as compiling), :func:`compiler_disable`
    (``torch.compiler``, torch >= 2.1) and :data:`CUSTOM_OP_API` (``torch.library.register_fake``
-   and ``register_autograd``, torch >= 2.4: without them the fused ops run in eager mode only).
+   and ``register_autograd``, torch >= 2.4: without them the fused ops run in eager mode only)
+   and :func:`below_autograd` (``torch._C._AutoDispatchBelowAutograd`` as a context manager,
+   torch >= 2.1).
 4. Optimizer step hooks under torch < 2.3. The first ``torch.compile`` in a process (dynamo's
    ``TorchPatcher.patch``) strips the wrapper that runs step pre/post hooks from every
    ``torch.optim`` class, so from then on no hook runs: the ε-shifted term (``EpsShiftStep``, a
@@ -28,11 +30,12 @@ fix is small, applied when ``mmdet_eps`` is imported, and shown by a test
 """
 import codecs
 import collections
+import contextlib
 import functools
 import os.path as osp
 import pickle
 import types
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -184,6 +187,14 @@ is_exporting: Callable[[], bool] = _torch_compiler('is_exporting', lambda: False
 #: Whether torch has the custom-op registration API (fake kernels, autograd formulas).
 CUSTOM_OP_API: bool = hasattr(torch.library, 'register_fake') and hasattr(
     torch.library, 'register_autograd')
+
+
+def below_autograd() -> ContextManager:
+    """A context in which ops dispatch below their autograd kernels (an autograd Function's
+    forward calling a registered op). torch 2.0 registers no autograd kernel for our ops
+    (:data:`CUSTOM_OP_API`) and its guard is no context manager: nothing to skip there."""
+    guard = torch._C._AutoDispatchBelowAutograd
+    return guard() if hasattr(guard, '__enter__') else contextlib.nullcontext()
 
 
 #: torch < 2.3: dynamo's first compile unwraps every ``torch.optim`` class's ``step`` (fix 4).

@@ -14,7 +14,7 @@ from mmengine.logging import MMLogger
 from torch import nn
 
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import FAMILY_KEY, LAMBDA_KEY, MODE_KEY
-from tests.conftest import needs_torch
+from tests.conftest import needs_dynamo, needs_torch
 
 from .helpers import TinyNet, autograd_grad, build_optim_wrapper
 
@@ -40,6 +40,7 @@ def test_only_normalized_weights_get_the_term(fused):
         assert _group_of(opt, bias)['weight_decay'] == 0.
 
 
+@needs_dynamo
 def test_param_groups_are_plain_dicts_that_dynamo_traces():
     """From a config (a ConfigDict, as the Runner passes it) the groups become ConfigDicts,
     which torch.compile cannot trace in the optimizer step (mmengine's compile=True does)."""

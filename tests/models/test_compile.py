@@ -11,7 +11,7 @@ from mmdet_eps.models.backbones import WSResNet, WSResNeXt
 from mmdet_eps.models.layers import CWNConv, FilterNorm, WNConv, WSConv, fan_in
 from mmdet_eps.models.layers.filter_normalize import _backward, _forward
 from mmdet_eps.utils.compat import CUSTOM_OP_API
-from tests.conftest import needs_compile
+from tests.conftest import needs_compile, needs_dynamo
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +154,7 @@ def test_compiled_bf16_autocast_equals_eager():
 
 
 @pytest.mark.skipif(CUSTOM_OP_API, reason='torch < 2.4 only: runs in the legacy lane')
+@needs_dynamo
 def test_fused_ops_in_a_graph_are_refused_before_torch_2_4():
     """Without custom-op registration the fused ops cannot be traced: fused=True under
     torch.compile says why; fused=None (the default) compiles the torch-ops expression."""

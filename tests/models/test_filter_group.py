@@ -79,7 +79,7 @@ def test_stage_groups_finish_a_stage_before_the_next_starts_its_backward():
     order = []
     for name, p in model.named_parameters():
         if name.startswith('layer') and p.dim() == 4:
-            p.register_post_accumulate_grad_hook(lambda _, s=int(name[5]): order.append(s))
+            p.register_hook(lambda _, s=int(name[5]): order.append(s))
     sum(o.sum() for o in model(torch.randn(2, 3, 32, 32))).backward()
     assert len(order) == 52
     assert order == sorted(order, reverse=True)

@@ -11,7 +11,7 @@ from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, save_
 
 from mmdet_eps.utils import UnsafeCheckpointError, compat
 from mmdet_eps.utils.compat import _init_dist_pytorch_cpu
-from tests.conftest import REPO
+from tests.conftest import REPO, needs_dynamo
 
 
 @pytest.fixture
@@ -138,6 +138,7 @@ def _step_hook_runs_after_a_compile(import_plugin: bool) -> subprocess.Completed
                           cwd=REPO, timeout=300)
 
 
+@needs_dynamo
 def test_optimizer_step_hooks_survive_the_first_compile():
     """torch < 2.3 drops every optimizer step hook at the first torch.compile in a process:
     the ε-shifted step (a step pre-hook) would stop without a word. With the plugin it runs."""

@@ -152,12 +152,13 @@ class WeightNormStatsHook(Hook):
         return bool(self.layers) and any(fnmatch.fnmatchcase(name, p) for p in self.layers)
 
     @staticmethod
-    def _param_groups(runner) -> Dict[int, dict]:
-        """``id(param) -> param group`` over all optimizers of the runner."""
+    def _param_groups(runner) -> Dict[nn.Parameter, dict]:
+        """``param -> param group`` over all optimizers of the runner (tensors hash by
+        identity)."""
         wrapper = runner.optim_wrapper
         wrappers = (wrapper.optim_wrappers.values()
                     if isinstance(wrapper, OptimWrapperDict) else [wrapper])
-        return {id(p): group for w in wrappers for group in w.optimizer.param_groups
+        return {p: group for w in wrappers for group in w.optimizer.param_groups
                 for p in group['params']}
 
     # ------------------------------------------------------------------ hook points
@@ -193,7 +194,7 @@ class WeightNormStatsHook(Hook):
         entries, rows = [], []
         for name, module in self._normalized_modules(runner):
             weight = module.weight
-            group = groups.get(id(weight))
+            group = groups.get(weight)
             if group is None or not weight.requires_grad:
                 continue
             family = get_norm_family(module)

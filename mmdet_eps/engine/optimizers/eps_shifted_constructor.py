@@ -155,12 +155,12 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         per_tensor: List[dict] = []
         super().add_params(per_tensor, module, prefix, is_dcn_module)
         families = {
-            id(m.weight): get_norm_family(m)
+            m.weight: get_norm_family(m)
             for m in module.modules()
             if get_norm_family(m) and isinstance(getattr(m, 'weight', None), nn.Parameter)
         }
         for group in per_tensor:
-            family = families.get(id(group['params'][0]))
+            family = families.get(group['params'][0])
             if family is None:
                 continue
             lam = group.get('weight_decay', self.base_wd) * self.eps_shift['decay_mult']

@@ -16,6 +16,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -34,6 +35,29 @@ constexpr int64_t kLanes = 16;
 constexpr int64_t kBlock = 4096;
 // Elements per parallel task: small weights run inline.
 constexpr int64_t kGrainElements = 1 << 15;
+
+// Read-only and writable data pointers; Tensor::const_data_ptr / mutable_data_ptr are torch
+// >= 2.1, the older data_ptr is the same pointer (setup.py admits torch 2.0).
+#define MMDET_EPS_TYPED_PTRS \
+  (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1))
+
+template <typename T>
+const T* read_ptr(const Tensor& t) {
+#if MMDET_EPS_TYPED_PTRS
+  return t.const_data_ptr<T>();
+#else
+  return t.data_ptr<T>();
+#endif
+}
+
+template <typename T>
+T* write_ptr(const Tensor& t) {
+#if MMDET_EPS_TYPED_PTRS
+  return t.mutable_data_ptr<T>();
+#else
+  return t.data_ptr<T>();
+#endif
+}
 
 int64_t grain_rows(int64_t n) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(n, 1));
@@ -191,10 +215,10 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> normalize_filters(
     for (size_t i = 0; i < size; ++i) {
       const Tensor& w = weights[i];
       const int64_t n = row_size(w);
-      const scalar_t* x = w.const_data_ptr<scalar_t>();
-      scalar_t* out = outs[i].mutable_data_ptr<scalar_t>();
-      scalar_t* m = mean.mutable_data_ptr<scalar_t>() + offset;
-      scalar_t* r = rstd.mutable_data_ptr<scalar_t>() + offset;
+      const scalar_t* x = read_ptr<scalar_t>(w);
+      scalar_t* out = write_ptr<scalar_t>(outs[i]);
+      scalar_t* m = write_ptr<scalar_t>(mean) + offset;
+      scalar_t* r = write_ptr<scalar_t>(rstd) + offset;
       at::parallel_for(0, w.size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
         normalize_rows<scalar_t>(x, out, m, r, begin, end, n, shift[i], eps[i], centered[i]);
       });
@@ -229,11 +253,11 @@ std::vector<Tensor> normalize_filters_backward(TensorList grads, TensorList weig
   AT_DISPATCH_FLOATING_TYPES(dtype, "mmdet_eps", [&] {
     for (size_t i = 0; i < size; ++i) {
       const int64_t n = row_size(weights[i]);
-      const scalar_t* g = grad_list[i].const_data_ptr<scalar_t>();
-      const scalar_t* x = weights[i].const_data_ptr<scalar_t>();
-      const scalar_t* m = mean.const_data_ptr<scalar_t>() + offsets[i];
-      const scalar_t* r = rstd.const_data_ptr<scalar_t>() + offsets[i];
-      scalar_t* dx = result[i].mutable_data_ptr<scalar_t>();
+      const scalar_t* g = read_ptr<scalar_t>(grad_list[i]);
+      const scalar_t* x = read_ptr<scalar_t>(weights[i]);
+      const scalar_t* m = read_ptr<scalar_t>(mean) + offsets[i];
+      const scalar_t* r = read_ptr<scalar_t>(rstd) + offsets[i];
+      scalar_t* dx = write_ptr<scalar_t>(result[i]);
       at::parallel_for(0, weights[i].size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
         normalize_rows_backward<scalar_t>(g, x, m, r, dx, begin, end, n, shift[i], eps[i],
                                           centered[i]);
@@ -264,10 +288,10 @@ void eps_shift_(TensorList targets, TensorList weights, TensorList means, Tensor
   AT_DISPATCH_FLOATING_TYPES(dtype, "mmdet_eps", [&] {
     for (size_t i = 0; i < size; ++i) {
       const int64_t n = row_size(weights[i]);
-      scalar_t* target = targets[i].mutable_data_ptr<scalar_t>();
-      const scalar_t* x = weights[i].const_data_ptr<scalar_t>();
-      const scalar_t* m = means[i].const_data_ptr<scalar_t>() + offsets[i];
-      const scalar_t* r = rstds[i].const_data_ptr<scalar_t>() + offsets[i];
+      scalar_t* target = write_ptr<scalar_t>(targets[i]);
+      const scalar_t* x = read_ptr<scalar_t>(weights[i]);
+      const scalar_t* m = read_ptr<scalar_t>(means[i]) + offsets[i];
+      const scalar_t* r = read_ptr<scalar_t>(rstds[i]) + offsets[i];
       at::parallel_for(0, weights[i].size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
         eps_shift_rows<scalar_t>(target, x, m, r, begin, end, n, a[i], b[i]);
       });
