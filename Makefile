@@ -11,9 +11,8 @@ MMCV_VERSION ?= 2.1.0
 #   default  torch 2.13 (CPU build): the README's two commands
 #   legacy   torch 2.1.2 + torchvision 0.16.2 + numpy < 2 + mmpretrain 1.2.0 (the mmdet 3.3 stack)
 #   current  torch 2.14.1 + torchvision 0.29.1 + mmpretrain 1.2.0
-#   oldest   torch 2.0.1 + torchvision 0.15.2 + numpy < 2 + mmpretrain 1.2.0 (setup.py's floor;
-#            run by hand, not by CI)
-# `make test-matrix` runs the legacy and current lanes.
+#   oldest   torch 2.0.1 + torchvision 0.15.2 + numpy < 2 + mmpretrain 1.2.0 (setup.py's floor)
+# `make test-matrix` runs the legacy, current and oldest lanes.
 LANE ?= default
 NUMPY_SPEC ?= numpy<2.3
 ifeq ($(LANE),current)
@@ -86,7 +85,7 @@ test-legacy:
 test-oldest:
 	$(MAKE) test LANE=oldest
 
-test-matrix: test-legacy test-current
+test-matrix: test-legacy test-current test-oldest
 
 lint: setup
 	$(PY) -m ruff check .

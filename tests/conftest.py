@@ -9,7 +9,7 @@ from torch.torch_version import TorchVersion
 
 REPO = Path(__file__).resolve().parents[1]
 #: Where a test skipped for want of torchvision or mmpretrain runs (README: tested torch lines).
-LANE = 'runs in the legacy and current lanes (make test-matrix)'
+LANE = 'runs in the legacy, current and oldest lanes (make test-matrix)'
 
 
 def needs_torch(version: str, feature: str) -> pytest.MarkDecorator:
