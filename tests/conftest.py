@@ -37,7 +37,7 @@ def _dynamo_supported() -> bool:
 needs_dynamo = pytest.mark.skipif(
     not _dynamo_supported(),
     reason='torch.compile is unavailable on this torch and Python (torch 2.0 compiles on '
-           'Python <= 3.10 only): runs in every CI lane')
+           'Python <= 3.10 only): runs in the default, legacy and current lanes')
 
 
 def load_script(path: str):

@@ -20,7 +20,7 @@ fix is small, applied when ``mmdet_eps`` is imported, and shown by a test
    export runs through dynamo and counts as compiling), :func:`compiler_disable`
    (``torch.compiler``, torch >= 2.1) and :data:`CUSTOM_OP_API` (``torch.library.register_fake``
    and ``register_autograd``, torch >= 2.4: without them the fused ops run in eager mode only)
-   and :func:`below_autograd` (``torch._C._AutoDispatchBelowAutograd`` as a context manager,
+   and :data:`below_autograd` (``torch._C._AutoDispatchBelowAutograd`` as a context manager,
    torch >= 2.1).
 4. Optimizer step hooks under torch < 2.3. The first ``torch.compile`` in a process (dynamo's
    ``TorchPatcher.patch``) strips the wrapper that runs step pre/post hooks from every
@@ -189,12 +189,12 @@ CUSTOM_OP_API: bool = hasattr(torch.library, 'register_fake') and hasattr(
     torch.library, 'register_autograd')
 
 
-def below_autograd() -> ContextManager:
-    """A context in which ops dispatch below their autograd kernels (an autograd Function's
-    forward calling a registered op). torch 2.0 registers no autograd kernel for our ops
-    (:data:`CUSTOM_OP_API`) and its guard is no context manager: nothing to skip there."""
-    guard = torch._C._AutoDispatchBelowAutograd
-    return guard() if hasattr(guard, '__enter__') else contextlib.nullcontext()
+#: A context in which ops dispatch below their autograd kernels (an autograd Function's forward
+#: calling a registered op). On torch 2.0 the guard is no context manager, and our ops have no
+#: autograd kernel to skip there (:data:`CUSTOM_OP_API`).
+below_autograd: Callable[[], ContextManager] = (
+    torch._C._AutoDispatchBelowAutograd
+    if hasattr(torch._C._AutoDispatchBelowAutograd, '__enter__') else contextlib.nullcontext)
 
 
 #: torch < 2.3: dynamo's first compile unwraps every ``torch.optim`` class's ``step`` (fix 4).
