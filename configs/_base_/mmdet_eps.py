@@ -14,6 +14,9 @@ eps_per_depth = dict(r50=1e-3, r101=1e-6, x101=1e-3)
 # published ε): the authors' R-50 / X-101 value, among the best two on ImageNet (Table IV).
 gn_ws_eps = 1e-3
 
+# Our WS-CSPNeXt (RTMDet, and its ImageNet pretraining; no published ε): the same value.
+cspnext_eps = 1e-3
+
 # Report every column of the paper's tables (AP, AP50, AP75, APs/m/l, ARs/m/l).
 coco_metric_items = [
     'mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l', 'AR_s@1000', 'AR_m@1000', 'AR_l@1000'

@@ -179,9 +179,9 @@ def test_group_by_is_validated_and_auto_is_backbone_in_one_process():
 
 
 def test_auto_groups_per_stage_in_a_distributed_run(monkeypatch):
-    from mmdet_eps.models.backbones import ws_resnet
-    monkeypatch.setattr(ws_resnet.dist, 'is_initialized', lambda: True)
-    monkeypatch.setattr(ws_resnet.dist, 'get_world_size', lambda: 2)
+    from mmdet_eps.models.backbones import grouped_norm
+    monkeypatch.setattr(grouped_norm.dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(grouped_norm.dist, 'get_world_size', lambda: 2)
     assert WSResNet(depth=18, base_channels=8).group_by == 'stage'
 
 

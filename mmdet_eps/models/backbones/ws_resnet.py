@@ -4,67 +4,26 @@ Thin subclasses of mmdet's backbones: same arguments, same state-dict keys; the 
 ``conv_cfg`` differs, and the normalized convs are normalized in groups (``group_by``), a few
 kernels per group instead of a few per conv.
 """
-from typing import List, Optional
+from typing import Optional
 
-import torch.distributed as dist
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 
-from mmdet_eps.models.layers import FilterGroups, NormalizedConv2d, group_normalized_convs
-
-#: ``'stage'``: one autograd node per residual stage (the stem joins the first), so DDP still
-#: overlaps; ``'backbone'``: one for the whole backbone (fewest ops); None: every conv alone;
-#: ``'auto'``: ``'stage'`` when built in a distributed run of several processes, else
-#: ``'backbone'``.
-GROUP_BY = ('auto', 'stage', 'backbone', None)
+from .grouped_norm import GroupedNormMixin, ws_conv_cfg
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+class _ResNetStages(GroupedNormMixin):
+    """ResNet's stages for ``group_by='stage'``: the stem with the first residual stage."""
 
-
-class _GroupedNormMixin:
-    """Attaches :class:`FilterGroups` to the backbone's stages or to the whole backbone."""
-
-    def _group_convs(self, group_by: Optional[str], fused: Optional[bool]) -> None:
-        if group_by not in GROUP_BY:
-            raise ValueError(f'{type(self).__name__}: group_by must be one of {GROUP_BY}, '
-                             f'got {group_by!r}')
-        if not (fused is None or isinstance(fused, bool)):
-            raise ValueError(f'{type(self).__name__}: fused must be None, True or False, '
-                             f'got {fused!r}')
-        if fused is not None:  # also for convs that normalize alone
-            for module in self.modules():
-                if isinstance(module, NormalizedConv2d):
-                    module.fused = fused
-        if group_by == 'auto':
-            group_by = 'stage' if _distributed() else 'backbone'
-        self.group_by = group_by
-        regions: list = []
-        if group_by == 'stage':
-            stages = [getattr(self, name) for name in self.res_layers]
-            stem = [getattr(self, 'stem' if self.deep_stem else 'conv1')]
-            regions = [(self, stem + stages[:1])] + stages[1:]
-        elif group_by == 'backbone':
-            regions = [self]
-        self.filter_groups: List[FilterGroups] = group_normalized_convs(regions, fused)
-
-    def ungroup_convs(self) -> None:
-        """Detach the filter groups (their hooks and their hold on the convs): every conv
-        normalizes alone again. Call it before replacing the convs, as the bake tool does."""
-        for groups in self.filter_groups:
-            groups.remove()
-        self.filter_groups = []
-        self.group_by = None
-
-
-def _ws_conv_cfg(conv_cfg: Optional[ConfigType]) -> ConfigType:
-    return dict(type='WSConv') if conv_cfg is None else conv_cfg
+    def _stage_regions(self) -> list:
+        stages = [getattr(self, name) for name in self.res_layers]
+        stem = [getattr(self, 'stem' if self.deep_stem else 'conv1')]
+        return [(self, stem + stages[:1])] + stages[1:]
 
 
 @MODELS.register_module()
-class WSResNet(_GroupedNormMixin, ResNet):
+class WSResNet(_ResNetStages, ResNet):
     """mmdet's ResNet (depths 18-152) with ``WSConv`` as its default conv.
 
     Args:
@@ -84,12 +43,12 @@ class WSResNet(_GroupedNormMixin, ResNet):
     def __init__(self, *args, conv_cfg: Optional[ConfigType] = None,
                  group_by: Optional[str] = 'auto', fused: Optional[bool] = None,
                  **kwargs) -> None:
-        super().__init__(*args, conv_cfg=_ws_conv_cfg(conv_cfg), **kwargs)
+        super().__init__(*args, conv_cfg=ws_conv_cfg(conv_cfg), **kwargs)
         self._group_convs(group_by, fused)
 
 
 @MODELS.register_module()
-class WSResNeXt(_GroupedNormMixin, ResNeXt):
+class WSResNeXt(_ResNetStages, ResNeXt):
     """mmdet's ResNeXt (``groups``, ``base_width``) with ``WSConv`` as its default conv.
 
     Args:
@@ -102,5 +61,5 @@ class WSResNeXt(_GroupedNormMixin, ResNeXt):
     def __init__(self, *args, conv_cfg: Optional[ConfigType] = None,
                  group_by: Optional[str] = 'auto', fused: Optional[bool] = None,
                  **kwargs) -> None:
-        super().__init__(*args, conv_cfg=_ws_conv_cfg(conv_cfg), **kwargs)
+        super().__init__(*args, conv_cfg=ws_conv_cfg(conv_cfg), **kwargs)
         self._group_convs(group_by, fused)
