@@ -9,8 +9,11 @@ from mmengine.config import Config
 from tests.conftest import REPO
 
 
-def toy_overrides(data_root: Path, work_dir: Path, max_epochs: int = 1) -> Dict[str, object]:
-    """cfg-options that point a toy config at ``data_root`` and keep the run short."""
+def toy_overrides(data_root: Path, work_dir: Path, max_epochs: int = 1,
+                  score_thr_key: str = 'model.test_cfg.rcnn.score_thr') -> Dict[str, object]:
+    """cfg-options that point a toy config at ``data_root`` and keep the run short
+    (``score_thr_key``: the detector's test score threshold, ``model.test_cfg.score_thr`` for a
+    one-stage detector)."""
     root = f'{data_root}/'
     ann = f'{root}annotations/instances_val2017.json'
     out: Dict[str, object] = {
@@ -23,7 +26,7 @@ def toy_overrides(data_root: Path, work_dir: Path, max_epochs: int = 1) -> Dict[
         'val_evaluator.ann_file': ann,
         'test_evaluator.ann_file': ann,
         'param_scheduler.0.end': 2,
-        'model.test_cfg.rcnn.score_thr': 0.,  # an untrained model still yields detections
+        score_thr_key: 0.,  # an untrained model still yields detections
     }
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         out[f'{loader}.dataset.data_root'] = root
