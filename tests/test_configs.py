@@ -15,7 +15,7 @@ from mmengine.registry import DefaultScope
 from torch import nn
 
 from mmdet_eps.engine.optimizers import EpsShiftedOptimWrapperConstructor
-from mmdet_eps.engine.optimizers.eps_shifted_regularizer import EPS_KEY, FAMILY_KEY
+from mmdet_eps.engine.optimizers.eps_shifted_regularizer import EPS_KEY, FAMILY_KEY, MODE_KEY
 from mmdet_eps.models.layers import WSConv
 from tests.conftest import LANE, REPO
 
@@ -43,7 +43,8 @@ def test_the_config_matrix_is_complete():
     found = {p.name for p in (REPO / 'configs').glob('*.py')}
     assert found == set(PAPER_CONFIGS + X101_CONFIGS)
     assert {p.name for p in (REPO / 'configs' / 'gn_ws').glob('*.py')} == {
-        name.replace('_gn_ws_', f'_gn_ws_{eps}') for name in GN_WS_CONFIGS for eps in ('', 'eps_')}
+        name.replace('_gn_ws_', f'_gn_ws_{eps}') for name in GN_WS_CONFIGS for eps in ('', 'eps_')
+    } | {'retinanet_gn_ws_r50.py', 'retinanet_gn_ws_eps_r50.py'}  # tests/test_detector_configs
 
 
 def _unscoped(value):
@@ -159,13 +160,17 @@ def test_cascade_configs_follow_the_paper_schedule():
 def test_toy_configs_build_ws_models_from_scratch(path: Path):
     cfg = Config.fromfile(str(path))
     model = MODELS.build(cfg.model)
-    assert type(model.backbone).__name__ == 'WSResNet' and model.backbone.depth == 18
-    assert not model.backbone.norm_eval and cfg.model.backbone.init_cfg is None
+    backbone = model.backbone
+    assert type(backbone).__name__ in ('WSResNet', 'WSCSPNeXt')
+    assert getattr(backbone, 'depth', 18) == 18
+    assert not backbone.norm_eval and cfg.model.backbone.get('init_cfg') is None
     assert cfg.optim_wrapper.constructor == 'EpsShiftedOptimWrapperConstructor'
 
 
 IMAGENET_CONFIGS = [f'ws_{eps}resnet{depth}_8xb32_in1k.py' for eps in ('', 'eps_')
                     for depth in (50, 101)]
+#: WS-CSPNeXt-l on mmdet's CSPNeXt ImageNet recipe (RTMDet backbones)
+CSPNEXT_IMAGENET_CONFIGS = [f'ws_{eps}cspnext_l_8xb256_rsb_a1_600e_in1k.py' for eps in ('', 'eps_')]
 
 
 def _imagenet_config(name: str) -> Config:
@@ -178,7 +183,7 @@ def _imagenet_config(name: str) -> Config:
 
 def test_the_imagenet_configs_are_complete():
     found = {p.name for p in (REPO / 'configs' / 'imagenet').glob('*.py')}
-    assert found == set(IMAGENET_CONFIGS)
+    assert found == set(IMAGENET_CONFIGS + CSPNEXT_IMAGENET_CONFIGS)
 
 
 @pytest.mark.parametrize('name', IMAGENET_CONFIGS)
@@ -234,3 +239,51 @@ def test_imagenet_config_builds_ws_convs_and_their_groups(name):
         assert set(plain) == set(names.values()) - conv_weights
     else:
         assert not tagged and set(plain) == set(names.values())
+
+
+@pytest.mark.parametrize('name', CSPNEXT_IMAGENET_CONFIGS)
+def test_cspnext_imagenet_config_is_mmdets_recipe_with_ws(name):
+    """mmdet's CSPNeXt-l ImageNet recipe (configs/rtmdet/classification: RSB A1, 600 epochs,
+    LAMB, weight decay 0.01, none on norms and biases) with WSCSPNeXt; + ε: the term decoupled,
+    as LAMB applies its own decay."""
+    cfg = _imagenet_config(name)
+    assert cfg.custom_imports.imports == ['mmdet_eps'] and cfg.default_scope == 'mmpretrain'
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.deepen_factor, backbone.widen_factor) == (
+        'mmdet.WSCSPNeXt', 1, 1)
+    assert cfg.model.head.in_channels == 1024 and cfg.model.head.num_classes == 1000
+    assert _unscoped(cfg.optim_wrapper.optimizer) == dict(type='Lamb', lr=0.005,
+                                                          weight_decay=0.01)
+    paramwise = cfg.optim_wrapper.paramwise_cfg
+    assert paramwise.bias_decay_mult == 0 and paramwise.norm_decay_mult == 0
+    assert cfg.train_cfg.max_epochs == 600 and cfg.param_scheduler[1].end == 600
+    if 'eps' in name:
+        assert cfg.optim_wrapper.constructor == 'EpsShiftedOptimWrapperConstructor'
+        assert paramwise.eps_shift == dict(eps=cfg.cspnext_eps, mode='decoupled')
+    else:
+        assert 'constructor' not in cfg.optim_wrapper
+
+
+def test_cspnext_imagenet_config_builds_ws_convs_and_their_groups():
+    """Built in mmpretrain's scope: a WS conv in every ConvModule; the ε-shifted groups hold
+    exactly the standardized weights (not the depthwise ones, nor the attention fc), decoupled."""
+    cfg = _imagenet_config(CSPNEXT_IMAGENET_CONFIGS[1])
+    pytest.importorskip('torchvision', reason=LANE)  # mmpretrain needs one for this torch
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+    from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    cfg.model.backbone.update(deepen_factor=0.167, widen_factor=0.25)  # the same convs, fewer
+    cfg.model.head.in_channels = 256
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = PRETRAIN_MODELS.build(cfg.model)
+        optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    assert type(model.backbone).__name__ == 'WSCSPNeXt'
+    convs = {n: m for n, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(isinstance(m, WSConv) == (not n.endswith('attention.fc')) for n, m in convs.items())
+    standardized = {m.weight for m in convs.values() if getattr(m, 'normalizes', False)}
+    depthwise = {m.weight for m in convs.values() if m.groups == m.in_channels > 1}
+    assert depthwise and standardized and not depthwise & standardized
+    tagged = [g for g in optimizer.param_groups if FAMILY_KEY in g]
+    assert {p for g in tagged for p in g['params']} == standardized
+    assert {(g[FAMILY_KEY], g[EPS_KEY], g[MODE_KEY]) for g in tagged} == {
+        ('ws', cfg.cspnext_eps, 'decoupled')}

@@ -14,6 +14,7 @@ model = dict(
         base_channels=32,
         frozen_stages=-1,
         norm_cfg=norm_cfg,
+        norm_eval=False,
         init_cfg=None),
     neck=dict(
         in_channels=[32, 64, 128, 256], out_channels=64, conv_cfg=conv_cfg, norm_cfg=norm_cfg),
