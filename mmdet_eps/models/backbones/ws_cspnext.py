@@ -16,10 +16,9 @@ from torch import nn
 from .grouped_norm import GroupedNormMixin, ws_conv_cfg
 
 
-def replace_plain_convs(module: nn.Module, conv_cfg: ConfigType) -> int:
+def replace_plain_convs(module: nn.Module, conv_cfg: ConfigType) -> None:
     """Rebuild the plain ``nn.Conv2d`` of every ``ConvModule`` in ``module`` as ``conv_cfg``
-    says, with the same shape, settings and weights; return how many were replaced."""
-    replaced = 0
+    says, with the same shape, settings and weights."""
     for conv_module in module.modules():
         if not isinstance(conv_module, ConvModule) or type(conv_module.conv) is not nn.Conv2d:
             continue
@@ -30,8 +29,6 @@ def replace_plain_convs(module: nn.Module, conv_cfg: ConfigType) -> int:
             groups=plain.groups, bias=plain.bias is not None, padding_mode=plain.padding_mode)
         conv.load_state_dict(plain.state_dict())
         conv_module.conv = conv
-        replaced += 1
-    return replaced
 
 
 @MODELS.register_module()
