@@ -88,7 +88,7 @@ def optimizer(name: str, model: nn.Module, pkg) -> torch.optim.Optimizer:
         opt = torch.optim.SGD([{'params': ws, reg.FAMILY_KEY: 'ws', reg.LAMBDA_KEY: SGD[
             'weight_decay'], reg.EPS_KEY: EPS, reg.MODE_KEY: 'coupled'}, {'params': rest}],
             **kwargs)
-        opt.register_step_pre_hook(reg.EpsShiftStep(model))
+        opt.register_step_pre_hook(reg.EpsShiftStep())
         return opt
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
     cfg = dict(type='EpsShiftedOptimWrapperConstructor' if eps else

@@ -4,14 +4,15 @@ Thin subclasses of mmdet's backbones: same arguments, same state-dict keys; the 
 ``conv_cfg`` differs, and the normalized convs are normalized in groups (``group_by``), a few
 kernels per group instead of a few per conv.
 """
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch.distributed as dist
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
+from torch import Tensor
 
-from mmdet_eps.models.layers import FilterGroups, NormalizedConv2d, group_normalized_convs
+from mmdet_eps.models.layers import FilterGroups, NormalizedConv2d
 
 #: ``'stage'``: one autograd node per residual stage (the stem joins the first), so DDP still
 #: overlaps; ``'backbone'``: one for the whole backbone (fewest ops); None: every conv alone;
@@ -25,7 +26,13 @@ def _distributed() -> bool:
 
 
 class _GroupedNormMixin:
-    """Attaches :class:`FilterGroups` to the backbone's stages or to the whole backbone."""
+    """Attaches :class:`FilterGroups` to the backbone's stages or to the whole backbone.
+
+    The groups whose region starts with the backbone (the whole backbone, or the stem with the
+    first stage) are normalized by the backbone's own ``forward`` rather than by hooks, so that
+    ``torch.compile`` of the backbone traces one frame, as for mmdet's ResNet; later stages'
+    groups are bracketed by hooks on the stage modules, which the compiler inlines.
+    """
 
     def _group_convs(self, group_by: Optional[str], fused: Optional[bool]) -> None:
         if group_by not in GROUP_BY:
@@ -41,14 +48,28 @@ class _GroupedNormMixin:
         if group_by == 'auto':
             group_by = 'stage' if _distributed() else 'backbone'
         self.group_by = group_by
-        regions: list = []
+        attached: List[FilterGroups] = []
         if group_by == 'stage':
             stages = [getattr(self, name) for name in self.res_layers]
             stem = [getattr(self, 'stem' if self.deep_stem else 'conv1')]
-            regions = [(self, stem + stages[:1])] + stages[1:]
+            attached = [FilterGroups(self, stem + stages[:1], fused, hooks=False)]
+            attached += [FilterGroups(stage, fused=fused) for stage in stages[1:]]
         elif group_by == 'backbone':
-            regions = [self]
-        self.filter_groups: List[FilterGroups] = group_normalized_convs(regions, fused)
+            attached = [FilterGroups(self, fused=fused, hooks=False)]
+        self.filter_groups: List[FilterGroups] = [g for g in attached if g.groups]
+        #: The groups this backbone's ``forward`` normalizes and releases itself.
+        self.own_groups: Optional[FilterGroups] = (
+            attached[0] if attached and attached[0].groups else None)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        own = self.own_groups
+        if own is None:
+            return super().forward(x)
+        own.normalize()
+        try:
+            return super().forward(x)
+        finally:
+            own.release()
 
     def ungroup_convs(self) -> None:
         """Detach the filter groups (their hooks and their hold on the convs): every conv
@@ -56,6 +77,7 @@ class _GroupedNormMixin:
         for groups in self.filter_groups:
             groups.remove()
         self.filter_groups = []
+        self.own_groups = None
         self.group_by = None
 
 

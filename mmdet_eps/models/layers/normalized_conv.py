@@ -5,7 +5,7 @@ from typing import Optional, Protocol, Tuple
 from torch import Tensor, nn
 
 from .filter_normalize import FilterNorm, normalize_batch
-from .filter_stats import StepStats, fan_in
+from .filter_stats import fan_in
 from .norm_family import is_centered, scale_divisor
 
 
@@ -25,8 +25,8 @@ class NormalizedConv2d(nn.Conv2d):
     its own weight in every forward. As a member of a :class:`~.filter_group.FilterGroup` (a
     WS-ResNet stage groups its convs), it takes its normalized weight from the group while the
     group holds one (for one forward of the group's region). Nothing is cached across calls: the
-    weight is read afresh every forward, so every write to it is seen. The layer owns what an
-    eager forward hands to the ε-shifted step (``step_stats``, see ``filter_stats``).
+    weight is read afresh every forward, so every write to it is seen, and nothing is handed to
+    the ε-shifted step, which computes from the parameter itself.
 
     Args:
         eps (float): Added to the per-filter scale (std for WS, norm for WN/CWN).
@@ -49,9 +49,6 @@ class NormalizedConv2d(nn.Conv2d):
         #: The group this layer belongs to and its index there (set by the group).
         self.filter_group: Optional[WeightSource] = None
         self.group_index = 0
-        #: The weight's statistics from the last eager forward, until the ε-shifted step takes
-        #: them (valid while the weight's version counter has not moved).
-        self.step_stats: Optional[StepStats] = None
         self._spec: Optional[FilterNorm] = None
         n = fan_in(self.weight)
         if self.centered and n < 2:
@@ -99,12 +96,11 @@ class NormalizedConv2d(nn.Conv2d):
 
     def normalized_weight(self) -> Tensor:
         """This layer's normalized weight: its group's while the group holds one, else computed
-        now (recording the unit filters for the ε-shifted step when the weight trains)."""
+        now."""
         group = self.filter_group
         if group is not None and group.weights is not None:
             return group.weights[self.group_index]
-        return normalize_batch([self.filter_norm()], [[self.weight]], self.fused,
-                               owners=[[self]])[0][0]
+        return self.normalize(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)
