@@ -182,7 +182,7 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         try:
             return select_impl(params, self.eps_shift['fused']) is Impl.FUSED
         except RuntimeError as error:
-            raise ValueError(f'paramwise_cfg.eps_shift.fused=True cannot run here: {error}'
+            raise ValueError(f'paramwise_cfg.eps_shift.fused=True cannot run here ({error})'
                              ) from None
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
