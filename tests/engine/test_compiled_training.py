@@ -169,3 +169,27 @@ def test_eps_term_traces_into_the_compiled_optimizer_step(optimizer):
     assert any('eps_shift_family' in g for g in wrapper.optimizer.param_groups)
     ws_stats = _compiled_step_stats(ws, wrapper, x)
     assert ws_stats == plain_stats
+
+
+@pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
+@pytest.mark.parametrize('fused', [True, False])
+def test_compiled_optimizer_step_equals_eager(mode, fused):
+    """The step alone under ``torch.compile`` (inductor): the torch ops, or the fused op as a
+    registered custom op that mutates gradients (coupled) or the weights it reads (decoupled),
+    give eager's weights."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = WSResNet(depth=18, base_channels=8, norm_eval=False).double()
+        wrapper = build_optim_wrapper(model, dict(type='SGD', lr=0.1, weight_decay=0.05),
+                                      eps_shift=dict(eps=0.3, mode=mode, fused=fused))
+        step = torch.compile(wrapper.step) if compiled else wrapper.step
+        for _ in range(2):
+            _loss(model, x).backward()
+            step()
+            wrapper.zero_grad()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
