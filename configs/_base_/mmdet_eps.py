@@ -1,7 +1,8 @@
 # Shared by every mmdet-eps config: load the plugin, say where the ImageNet WS-ResNets are.
 custom_imports = dict(imports=['mmdet_eps'], allow_failed_imports=False)
 
-# Set once: the backbones written by tools/model_converters/convert_imagenet_ckpt.py (see README).
+# Set once: the backbones written by tools/model_converters/convert_imagenet_ckpt.py (see README),
+# marked as trained with WS (the Pretrained init refuses weights trained without WS for WS convs).
 ws_pretrained = dict(
     r50='checkpoints/ws_resnet50_imagenet.pth',
     r101='checkpoints/ws_resnet101_imagenet.pth',

@@ -72,11 +72,12 @@ def test_every_forward_reads_the_weight_afresh():
     assert conv.normalized_weight().requires_grad
 
 
-def test_warns_on_depthwise_and_refuses_single_element_filters():
+def test_warns_on_tiny_fan_in_and_refuses_single_element_filters():
+    """Depthwise convs are left plain instead (tests/models/test_depthwise.py)."""
     with pytest.warns(UserWarning, match='Sec. 6.7'):
-        WSConv(16, 16, 3, groups=16)
+        WSConv(1, 16, 3)
     with pytest.raises(ValueError, match='at least 2 elements'):
-        WSConv(4, 4, 1, groups=4)
+        WSConv(1, 4, 1)
 
 
 @pytest.mark.parametrize('conv_type', ['WSConv', 'WNConv', 'CWNConv'])

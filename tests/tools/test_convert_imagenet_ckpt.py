@@ -152,6 +152,31 @@ def test_torchvision(r18, tmp_path, wrap, drop_num_batches):
     assert counters.dtype == torch.long and counters.item() == (0 if drop_num_batches else 1)
 
 
+WS_CFG = "model = dict(backbone=dict(type='ResNet', depth=18, conv_cfg=dict(type='WSConv')))"
+
+
+@pytest.mark.parametrize('fmt,cfg,stated,expected', [
+    ('pytorchinsight', None, None, True), ('pytorchinsight', None, False, False),
+    ('torchvision', None, None, False), ('torchvision', None, True, True),
+    ('mmpretrain', WS_CFG, None, True), ('mmpretrain', WS_CFG.replace('WSConv', 'Conv2d'), None,
+                                         False), ('mmpretrain', None, None, None)])
+def test_meta_marks_what_the_weights_were_trained_with(r18, tmp_path, fmt, cfg, stated,
+                                                       expected):
+    """The guarded Pretrained init reads ``meta.trained_with_ws``: the authors' files are WS,
+    torchvision's plain, an mmpretrain file tells by its saved config, else it is left out."""
+    save = dict(pytorchinsight=save_pytorchinsight, torchvision=save_torchvision,
+                mmpretrain=save_mmpretrain)[fmt]
+    src = save(r18, tmp_path / 'src.pth')
+    if cfg is not None:
+        ckpt = torch.load(src, weights_only=True)
+        ckpt['meta']['cfg'] = cfg
+        torch.save(ckpt, src)
+    dst = tmp_path / 'dst.pth'
+    meta = cvt.convert(src, dst, trained_with_ws=stated)
+    assert meta.get('trained_with_ws', 'absent') == ('absent' if expected is None else expected)
+    assert torch.load(dst, weights_only=True)['meta'] == meta
+
+
 def test_mmpretrain_resnet50(r50, tmp_path):
     src = save_mmpretrain(r50, tmp_path / 'resnet50_8xb32_in1k.pth')
     dst = tmp_path / 'out' / 'r50.pth'

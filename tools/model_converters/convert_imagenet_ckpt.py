@@ -10,8 +10,12 @@ layerK.0.downsample.0/1, fc), which are also mmdet's ResNet names:
 
 Writes ``{'state_dict': ..., 'meta': ...}`` that ``init_cfg=dict(type='Pretrained',
 checkpoint=DST)`` of ``WSResNet``/``WSResNeXt`` (or mmdet's ResNet/ResNeXt) loads with no missing
-keys. The classifier is dropped; depth, ResNet vs ResNeXt, groups and base_width are inferred from
-the tensors. The source is loaded weights-only, so a file carrying pickled code is refused before
+keys. ``meta.trained_with_ws`` says whether the weights were trained with WS, so that the guarded
+``Pretrained`` init (``mmdet_eps.models.weight_init``) loads them into WS convs silently or
+refuses them: the authors' checkpoints are their BN+WS releases, torchvision's are plain, an
+mmpretrain checkpoint names its convs in the config it saved; ``--trained-with-ws`` overrides.
+The classifier is dropped; depth, ResNet vs ResNeXt, groups and base_width are inferred from the
+tensors. The source is loaded weights-only, so a file carrying pickled code is refused before
 anything in it runs, and DST is written atomically: it is either complete or absent.
 
 Example::
@@ -22,6 +26,7 @@ Example::
 import argparse
 import logging
 import os.path as osp
+import re
 import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
@@ -42,6 +47,10 @@ DEPTHS = {(block.__name__, tuple(stages)): depth
           for depth, (block, stages) in ResNet.arch_settings.items()}
 ARCHS = ('resnet', 'resnext')
 CONVS = ('WSConv', 'Conv2d', 'WNConv', 'CWNConv')
+#: Names in an mmengine checkpoint's saved config (``meta.cfg``) that build WS convs.
+WS_CONFIG_NAMES = re.compile(r'\b(WSConv|ConvWS|WSResNet|WSResNeXt)\b')
+#: ``--trained-with-ws`` -> ``convert``'s ``trained_with_ws``.
+TRAINED_WITH_WS = {'auto': None, 'yes': True, 'no': False}
 
 Spec = Dict[str, Any]  # arch, depth, stages, block, groups, base_width
 
@@ -94,6 +103,17 @@ def extract_backbone(ckpt: Any) -> Tuple[Dict[str, Tensor], str, List[str]]:
             f'no ResNet weights found: expected 4-D {", ".join(required)} (optionally under '
             f'module. or backbone.), found {found}')
     return backbone, fmt, dropped
+
+
+def infer_trained_with_ws(ckpt: Any, fmt: str) -> Optional[bool]:
+    """Whether the source's weights were trained with WS: the authors' checkpoints
+    (``pytorchinsight``) are their BN+WS releases, torchvision's are plain, and an mmpretrain
+    checkpoint tells by the config it saved (``meta.cfg``); None when nothing tells."""
+    if fmt != 'mmpretrain':
+        return fmt == 'pytorchinsight'
+    meta = ckpt.get('meta')
+    cfg = meta.get('cfg') if isinstance(meta, dict) else None
+    return bool(WS_CONFIG_NAMES.search(cfg)) if isinstance(cfg, str) else None
 
 
 def describe(spec: Spec) -> str:
@@ -162,14 +182,16 @@ def to_mmdet(state: Dict[str, Tensor], spec: Spec) -> Tuple['OrderedDict[str, Te
     return out, added
 
 
-def backbone_cfg(spec: Spec, conv: str = 'WSConv', checkpoint: Optional[str] = None) -> dict:
-    """The mmdet backbone config for ``spec``, loading ``checkpoint`` if given."""
+def backbone_cfg(spec: Spec, conv: str = 'WSConv', checkpoint: Optional[str] = None,
+                 **init_kwargs) -> dict:
+    """The mmdet backbone config for ``spec``, loading ``checkpoint`` if given (with
+    ``init_kwargs`` in its ``init_cfg``)."""
     cfg = dict(type='WSResNeXt' if spec['arch'] == 'resnext' else 'WSResNet',
                depth=spec['depth'], conv_cfg=dict(type=conv))
     if spec['arch'] == 'resnext':
         cfg.update(groups=spec['groups'], base_width=spec['base_width'])
     if checkpoint is not None:
-        cfg['init_cfg'] = dict(type='Pretrained', checkpoint=checkpoint)
+        cfg['init_cfg'] = dict(type='Pretrained', checkpoint=checkpoint, **init_kwargs)
     return cfg
 
 
@@ -178,14 +200,16 @@ def verify_checkpoint(reference: Dict[str, Tensor], dst: str, spec: Spec, conv: 
     """Compare the backbone loaded directly from the source tensors with one initialised from
     ``dst`` by mmengine's Pretrained init (what a detector config does, missing keys included)
     on a random input in eval mode; return the largest absolute difference of the four stage
-    outputs, raising :class:`VerificationError` beyond float32 round-off."""
+    outputs, raising :class:`VerificationError` beyond float32 round-off. The comparison is of
+    functions, so ``dst`` is loaded whatever its weights were trained with."""
     cfg = dict(backbone_cfg(spec, conv), out_indices=(0, 1, 2, 3))
     logger = MMLogger.get_current_instance()
     level = logger.level
     with DefaultScope.overwrite_default_scope('mmdet'):
         source = MODELS.build(cfg)
         load_state_dict(source, reference, strict=True)
-        ours = MODELS.build(dict(cfg, init_cfg=dict(type='Pretrained', checkpoint=dst)))
+        ours = MODELS.build(dict(cfg, init_cfg=dict(type='Pretrained', checkpoint=dst,
+                                                    trained_with_ws=False)))
         logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO level
         try:
             ours.init_weights()
@@ -207,14 +231,16 @@ def verify_checkpoint(reference: Dict[str, Tensor], dst: str, spec: Spec, conv: 
 def convert(src: str, dst: str, depth: Optional[int] = None, arch: Optional[str] = None,
             verify: bool = False, force: bool = False, conv: str = 'WSConv',
             input_size: int = 224, groups: Optional[int] = None,
-            base_width: Optional[int] = None) -> dict:
+            base_width: Optional[int] = None, trained_with_ws: Optional[bool] = None) -> dict:
     """Convert SRC into the backbone checkpoint DST and return its meta.
 
     ``depth``/``arch`` (and for a ResNeXt ``groups``/``base_width``, e.g. 32/4 for the X-101
     32x4d configs) state the expected network: any other is refused, since a detector's
     Pretrained init would skip mismatched tensors with a mere warning. With ``verify`` the
     written checkpoint is checked by :func:`verify_checkpoint` (with convs of type ``conv``)
-    before it replaces DST. Refuses to overwrite DST unless ``force``.
+    before it replaces DST. Refuses to overwrite DST unless ``force``. ``trained_with_ws``
+    states whether SRC's weights were trained with WS (None: :func:`infer_trained_with_ws`);
+    ``meta.trained_with_ws`` records it, and is left out when unknown.
     """
     src, dst = osp.abspath(src), osp.abspath(dst)
     if osp.realpath(src) == osp.realpath(dst):
@@ -223,7 +249,8 @@ def convert(src: str, dst: str, depth: Optional[int] = None, arch: Optional[str]
         raise FileExistsError(f'{dst} exists; use --force to replace it')
     steps = 4 if verify else 3
     print(f'[1/{steps}] loading {src}')
-    state, fmt, dropped = extract_backbone(load_source(src))
+    ckpt = load_source(src)
+    state, fmt, dropped = extract_backbone(ckpt)
     spec = infer_arch(state)
     print(f'found {describe(spec)} ({fmt} format): {spec["block"]} blocks per stage '
           f'{spec["stages"]}, dropping {len(dropped)} classifier tensors '
@@ -238,9 +265,15 @@ def convert(src: str, dst: str, depth: Optional[int] = None, arch: Optional[str]
     out, added = to_mmdet(state, spec)
     if added:
         print(f'added {added} missing BN num_batches_tracked counters (set to 0)')
+    if trained_with_ws is None:
+        trained_with_ws = infer_trained_with_ws(ckpt, fmt)
+    print({True: 'trained with WS: yes', False: 'trained with WS: no (WS backbones refuse it)',
+           None: 'trained with WS: unknown (WS backbones load it with a warning; state it with '
+                 '--trained-with-ws)'}[trained_with_ws])
+    marked = {} if trained_with_ws is None else dict(trained_with_ws=trained_with_ws)
     meta = dict(source=src, format=fmt, sha256=sha256sum(src), arch=spec['arch'],
                 depth=spec['depth'],
-                **{k: spec[k] for k in ('groups', 'base_width') if k in spec},
+                **{k: spec[k] for k in ('groups', 'base_width') if k in spec}, **marked,
                 converter=f'mmdet-eps {mmdet_eps.__version__} '
                 'tools/model_converters/convert_imagenet_ckpt.py')
     print(f'[3/{steps}] saving {len(out)} tensors')
@@ -272,11 +305,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--conv', choices=CONVS, default='WSConv',
                         help='conv type used by --verify (the authors\' checkpoints are WS)')
     parser.add_argument('--input-size', type=int, default=224, help='--verify input size')
+    parser.add_argument('--trained-with-ws', choices=tuple(TRAINED_WITH_WS), default='auto',
+                        help='whether SRC was trained with WS (recorded in meta; auto: yes for '
+                        "the authors' checkpoints, no for torchvision's, from the saved config "
+                        'for mmpretrain)')
     parser.add_argument('--force', action='store_true', help='replace an existing DST')
     args = parser.parse_args(argv)
     try:
         convert(args.src, args.dst, args.depth, args.arch, args.verify, args.force, args.conv,
-                args.input_size, args.groups, args.base_width)
+                args.input_size, args.groups, args.base_width,
+                TRAINED_WITH_WS[args.trained_with_ws])
     except VerificationError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -46,14 +46,15 @@ def scale_divisor(family: str, n: int, correction: int = 0) -> int:
 
 def get_norm_family(module: Union[nn.Module, Type[nn.Module]]) -> Optional[str]:
     """The family of ``module``'s normalized ``weight`` (a module or a module class), or None for
-    an ordinary one.
+    an ordinary one, or a normalized conv that leaves its weight plain (``normalizes`` False: a
+    depthwise conv, paper Sec. 6.7).
 
     The optimizer constructor, the stability hook and the bake tool ask this, never the tensor
     rank, so plain FPN/RPN/head convs keep ordinary weight decay.
     """
     family = getattr(module, 'norm_family', None)
     if family:
-        return family
+        return family if getattr(module, 'normalizes', True) else None
     cls = module if isinstance(module, type) else type(module)
     if issubclass(cls, (ConvWS2d, ConvAWS2d)):
         return 'ws'

@@ -1,7 +1,8 @@
 """Base class of the weight-normalization family of conv layers."""
 import warnings
-from typing import Optional, Protocol, Tuple
+from typing import Optional, Protocol, Set, Tuple
 
+from mmengine.logging import MMLogger
 from torch import Tensor, nn
 
 from .filter_normalize import FilterNorm, normalize_batch
@@ -16,6 +17,24 @@ class WeightSource(Protocol):
 
 #: Filters with fewer elements than this give noisy statistics (paper Sec. 6.7, Table IX).
 MIN_FAN_IN = 16
+#: (logger, layer class) pairs already told that depthwise convs are left plain.
+_TOLD_PLAIN_DEPTHWISE: Set[Tuple[str, str]] = set()
+
+
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` filters each input channel on its own (groups == in_channels > 1)."""
+    return conv.groups == conv.in_channels > 1
+
+
+def _log_plain_depthwise(layer: str) -> None:
+    """Say once per logger (once per run) that ``layer``'s depthwise convs are left plain."""
+    logger = MMLogger.get_current_instance()
+    if (logger.instance_name, layer) in _TOLD_PLAIN_DEPTHWISE:
+        return
+    _TOLD_PLAIN_DEPTHWISE.add((logger.instance_name, layer))
+    logger.info(f'{layer}: depthwise convs (groups == in_channels > 1) convolve with their raw '
+                'weights and get plain weight decay, as in the paper (Sec. 6.7, Table IX); '
+                'normalize_depthwise=True in conv_cfg normalizes them too.')
 
 
 class NormalizedConv2d(nn.Conv2d):
@@ -28,37 +47,52 @@ class NormalizedConv2d(nn.Conv2d):
     weight is read afresh every forward, so every write to it is seen, and nothing is handed to
     the ε-shifted step, which computes from the parameter itself.
 
+    A depthwise conv (``groups == in_channels > 1``) is left plain by default, as in the paper
+    (Sec. 6.7, Table IX: normalizing filters of 9-25 elements costs accuracy): it convolves with
+    its raw weight, and :func:`~.norm_family.get_norm_family` reports no family, so it gets plain
+    weight decay and joins no group.
+
     Args:
         eps (float): Added to the per-filter scale (std for WS, norm for WN/CWN).
             Defaults to 1e-5.
         fused (bool, optional): Normalize alone with the fused CPU ops or torch ops (see
             ``filter_normalize.normalize_batch``; in a group, the group's setting applies).
             Defaults to None: fused where they apply.
+        normalize_depthwise (bool): Normalize a depthwise conv too (WSConv: mmcv ``ConvWS2d``
+            numerics). Defaults to False.
         *args, **kwargs: As ``nn.Conv2d``.
     """
 
     norm_family: str = ''
+    #: Whether the forward normalizes the weight (False: a depthwise conv left plain).
+    normalizes: bool = True
 
     def __init__(self, *args, eps: float = 1e-5, fused: Optional[bool] = None,
-                 **kwargs) -> None:
+                 normalize_depthwise: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fused = fused
         if not eps >= 0:
             raise ValueError(f'{type(self).__name__}: eps must be >= 0, got {eps}')
         self.eps = float(eps)
+        if not isinstance(normalize_depthwise, bool):
+            raise ValueError(f'{type(self).__name__}: normalize_depthwise must be True or False, '
+                             f'got {normalize_depthwise!r}')
+        self.normalizes = normalize_depthwise or not is_depthwise(self)
         #: The group this layer belongs to and its index there (set by the group).
         self.filter_group: Optional[WeightSource] = None
         self.group_index = 0
         self._spec: Optional[FilterNorm] = None
         n = fan_in(self.weight)
-        if self.centered and n < 2:
+        if not self.normalizes:
+            _log_plain_depthwise(type(self).__name__)
+        elif self.centered and n < 2:
             raise ValueError(f'{type(self).__name__} needs at least 2 elements per filter to '
                              f'standardize, got {n} (in_channels/groups * kernel area)')
-        if self.in_channels // self.groups == 1 or n < MIN_FAN_IN:
+        elif n < MIN_FAN_IN and not is_depthwise(self):
             warnings.warn(
                 f'{type(self).__name__}({self.in_channels}, {self.out_channels}, '
                 f'groups={self.groups}) has {n} elements per filter: the paper found weight '
-                'normalization of depthwise / tiny-fan-in convs harmful (Sec. 6.7); '
+                'normalization of tiny-fan-in convs harmful (Sec. 6.7); '
                 'consider a plain conv here.', stacklevel=2)
 
     @property
@@ -75,7 +109,7 @@ class NormalizedConv2d(nn.Conv2d):
     def groupable(self) -> bool:
         """Whether the plain normalized weight is all this layer convolves with, so that it can
         be normalized together with others."""
-        return True
+        return self.normalizes
 
     def filter_norm(self) -> FilterNorm:
         """This layer's normalization settings, rebuilt only when they change."""
@@ -103,7 +137,9 @@ class NormalizedConv2d(nn.Conv2d):
         return self.normalize(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.normalized_weight(), self.bias)
+        weight = self.normalized_weight() if self.normalizes else self.weight
+        return self._conv_forward(x, weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, eps={self.eps}'
+        plain = '' if self.normalizes else ', normalizes=False'
+        return f'{super().extra_repr()}, eps={self.eps}{plain}'

@@ -17,8 +17,10 @@ class WNConv(NormalizedConv2d):
     Args:
         eps (float): Added to the norm. Defaults to 1e-5.
         gain (bool): Multiply by a learnable per-filter scale initialised to 1, as in Salimans
-            & Kingma's weight normalization. Defaults to False.
-        *args, **kwargs: As ``nn.Conv2d``.
+            & Kingma's weight normalization (not on a depthwise conv left plain). Defaults to
+            False.
+        *args, **kwargs: As :class:`NormalizedConv2d` (``normalize_depthwise``) and
+            ``nn.Conv2d``.
     """
 
     norm_family = 'wn'
@@ -26,11 +28,11 @@ class WNConv(NormalizedConv2d):
     def __init__(self, *args, eps: float = 1e-5, gain: bool = False, **kwargs) -> None:
         super().__init__(*args, eps=eps, **kwargs)
         self.gain: Optional[nn.Parameter] = (
-            nn.Parameter(torch.ones(self.out_channels)) if gain else None)
+            nn.Parameter(torch.ones(self.out_channels)) if gain and self.normalizes else None)
 
     @property
     def groupable(self) -> bool:
-        return self.gain is None
+        return super().groupable and self.gain is None
 
     def _scaled(self, out: Tensor) -> Tensor:
         if self.gain is None:
@@ -49,7 +51,8 @@ class CWNConv(NormalizedConv2d):
 
     Args:
         eps (float): Added to the norm. Defaults to 1e-5.
-        *args, **kwargs: As ``nn.Conv2d``.
+        *args, **kwargs: As :class:`NormalizedConv2d` (``normalize_depthwise``) and
+            ``nn.Conv2d``.
     """
 
     norm_family = 'cwn'

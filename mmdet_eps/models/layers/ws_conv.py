@@ -13,13 +13,15 @@ class WSConv(NormalizedConv2d):
     """Conv2d with each output filter standardized to ``(W - m) / (std + eps)``.
 
     The defaults equal mmcv's ``ConvWS2d``, so the authors' ImageNet WS-ResNets and mmdet's GN+WS
-    checkpoints keep their function.
+    checkpoints keep their function; except that a depthwise conv is left plain, as in the paper
+    (``normalize_depthwise=True`` standardizes it as ``ConvWS2d`` does).
 
     Args:
         eps (float): Added to the std. Defaults to 1e-5.
         unbiased (bool): Unbiased std (divisor n - 1, mmcv and the authors' code) or the
             population std of the paper (divisor n). Defaults to True.
-        *args, **kwargs: As ``nn.Conv2d``.
+        *args, **kwargs: As :class:`NormalizedConv2d` (``normalize_depthwise``) and
+            ``nn.Conv2d``.
     """
 
     norm_family = 'ws'
