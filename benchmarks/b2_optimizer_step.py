@@ -106,7 +106,7 @@ def eps_optimizer(model: nn.Module, pkg, optimizer: dict, mode: str) -> torch.op
         {'params': biases, 'weight_decay': 0.},
     ]
     opt = getattr(torch.optim, optimizer['type'])(groups, **kwargs)
-    opt.register_step_pre_hook(reg.EpsShiftStep(model))
+    opt.register_step_pre_hook(reg.EpsShiftStep())
     return opt
 
 

@@ -13,6 +13,9 @@ initial weights:
 - ``ws_eps``: ``WSResNet`` + ``EpsShiftedOptimWrapperConstructor`` - the goal's candidate (on a
   CPU with the extension built: the fused ops, one op forward and one backward per region).
 - ``ws_eps_torch``: the same with ``fused=False``: torch ops, what a GPU runs today.
+- ``ws_eps_autograd``: the same torch ops with autograd's backward of the textbook expression
+  (the traceable path, forced in eager mode) instead of the hand-written one: whether that
+  backward pays.
 - ``ws_eps_stage``: the same with ``group_by='stage'``, what ``'auto'`` gives a DDP run (one node
   per stage, so a stage's gradients can be all-reduced while earlier stages run backward).
 - ``ws_eps_per_conv``: the same with ``group_by=None`` (every conv alone, as before grouping).
@@ -23,6 +26,7 @@ Each is run with ``frozen_stages`` -1 and 1 (mmdet's setting). Reported: aten op
 
     python benchmarks/b8_launch_bound.py [--quick] [--device cuda] [--size 32] [--width 4]
 """
+import contextlib
 import os.path as osp
 import sys
 
@@ -40,6 +44,7 @@ LABELS = {
     'ws': 'WSResNet-50 (default grouping) + SGD',
     'ws_eps': 'WSResNet-50 + ε-shifted SGD (constructor)',
     'ws_eps_torch': "  same, fused=False (torch ops: a GPU's path)",
+    'ws_eps_autograd': "  same, fused=False with autograd's backward (no hand-written one)",
     'ws_eps_stage': "  same, group_by='stage' (DDP's)",
     'ws_eps_per_conv': '  same, group_by=None (per conv)',
     'mmcv_convws': 'mmcv ConvWS2d + SGD',
@@ -49,7 +54,7 @@ LABELS = {
 def build(name: str, pkg, depth: int, width: int, frozen: int) -> nn.Module:
     """The backbone of candidate ``name``."""
     group_by = {'ws_eps_stage': 'stage', 'ws_eps_per_conv': None}.get(name, 'auto')
-    fused = False if name == 'ws_eps_torch' else None
+    fused = False if name in ('ws_eps_torch', 'ws_eps_autograd') else None
     if pkg.torch_only:
         conv = {'plain': nn.Conv2d, 'mmcv_convws': MMCVStyleConvWS2d}.get(name, pkg.WSConv)
         model = TorchResNet(depth, conv, width)
@@ -88,7 +93,7 @@ def optimizer(name: str, model: nn.Module, pkg) -> torch.optim.Optimizer:
         opt = torch.optim.SGD([{'params': ws, reg.FAMILY_KEY: 'ws', reg.LAMBDA_KEY: SGD[
             'weight_decay'], reg.EPS_KEY: EPS, reg.MODE_KEY: 'coupled'}, {'params': rest}],
             **kwargs)
-        opt.register_step_pre_hook(reg.EpsShiftStep(model))
+        opt.register_step_pre_hook(reg.EpsShiftStep())
         return opt
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
     cfg = dict(type='EpsShiftedOptimWrapperConstructor' if eps else
@@ -99,9 +104,24 @@ def optimizer(name: str, model: nn.Module, pkg) -> torch.optim.Optimizer:
     return OPTIM_WRAPPER_CONSTRUCTORS.build(cfg)(model).optimizer
 
 
-def iteration(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor):
+@contextlib.contextmanager
+def autograd_backward(pkg):
+    """Eager torch ops run the traceable expression (autograd derives its backward)."""
+    module = pkg.filter_normalize
+    select = module.select_impl
+    module.select_impl = lambda *args: (module.Impl.TRACEABLE if select(*args) is
+                                        module.Impl.TORCH else select(*args))
+    try:
+        yield
+    finally:
+        module.select_impl = select
+
+
+def iteration(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, pkg,
+              autograd: bool = False):
     def run():
-        sum(o.float().mean() for o in model(x)).backward()
+        with autograd_backward(pkg) if autograd else contextlib.nullcontext():
+            sum(o.float().mean() for o in model(x)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return run
@@ -131,7 +151,8 @@ def main(argv=None):
         for name, model in models.items():
             model.load_state_dict(state)
             model.train()
-            fns[name] = iteration(model, optimizer(name, model, pkg), x)
+            fns[name] = iteration(model, optimizer(name, model, pkg), x, pkg,
+                                  autograd=name == 'ws_eps_autograd')
             fns[name]()  # momentum buffers exist before counting
             ops[name] = count_ops(fns[name]).total
         timings = interleaved(fns, 'plain', rounds_for(args, 40), warmup=warmup_for(args, 5),

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         g64 = [torch.randn_like(w) for w in ws64]
         n = ws64[0][0].numel()
         ours = [w.to(dev, torch.float32).requires_grad_(True) for w in ws64]
-        outs, _ = batch(ours, 1e-5, True, n - 1)
+        outs = batch(ours, 1e-5, True, n - 1)
         torch.autograd.backward(outs, [g.to(dev, torch.float32) for g in g64])
         refs = [w.clone().requires_grad_(True) for w in ws64]
         expected = [reference(w, 1e-5, True, n - 1) for w in refs]
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             opt = torch.optim.SGD([{'params': [conv.weight], 'weight_decay': 0.,
                                     reg.FAMILY_KEY: family, reg.LAMBDA_KEY: lam,
                                     reg.EPS_KEY: eps, reg.MODE_KEY: 'coupled'}], lr=lr)
-            opt.register_step_pre_hook(reg.EpsShiftStep(conv))
+            opt.register_step_pre_hook(reg.EpsShiftStep())
             x = torch.randn(2, 64, 16, 16, device=dev)
             if warm:
                 conv(x).square().mean().backward()

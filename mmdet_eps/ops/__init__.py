@@ -1,8 +1,9 @@
-"""Compiled ops (``csrc/``): fused per-filter normalization and ε-shifted step for CPU tensors."""
+"""Compiled ops (``csrc/``): fused per-filter normalization and ε-shifted step for CPU tensors,
+and the one decision between them and torch ops (``dispatch``)."""
+from .dispatch import Impl, exporting, select_impl
 from .fused_filter_normalize import (
                                      FUSED_AVAILABLE,
                                      fused_eps_shift_,
-                                     fused_filter_moments,
                                      fused_normalize_filters,
                                      fused_normalize_filters_backward,
                                      fused_unsupported,
@@ -10,6 +11,7 @@ from .fused_filter_normalize import (
 )
 
 __all__ = [
-    'FUSED_AVAILABLE', 'fused_unsupported', 'fused_normalize_filters',
-    'fused_normalize_filters_backward', 'fused_filter_moments', 'fused_eps_shift_', 'offsets_of'
+    'FUSED_AVAILABLE', 'Impl', 'exporting', 'select_impl', 'fused_unsupported',
+    'fused_normalize_filters', 'fused_normalize_filters_backward', 'fused_eps_shift_',
+    'offsets_of'
 ]

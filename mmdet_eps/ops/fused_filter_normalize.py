@@ -2,7 +2,8 @@
 
 The ops take lists of weights of any filter shapes and work per filter in one call each:
 ``normalize_filters`` (forward: normalized weights, per-filter mean and rstd), its backward, and
-``eps_shift_`` (``target += a W + b (W - m) rstd``, the ε-shifted step). They are built by
+``eps_shift_`` (``target += a W + b (W - m) rstd``, the ε-shifted step, with each filter's mean
+and rstd reduced from the weight as it is at the step). They are built by
 ``setup.py`` as ``mmdet_eps._ext_torch<major>_<minor>`` (a plain shared library registering
 ``torch.ops.mmdet_eps``; one per torch line, so venvs of several torch lines can share an
 editable checkout); when it is absent (no compiler at install, or a copy of the sources that
@@ -68,9 +69,8 @@ def _fake_normalize_filters_backward(grads: List[Tensor], weights: List[Tensor],
     return [torch.empty_like(w) for w in weights]
 
 
-def _fake_eps_shift_(targets: List[Tensor], weights: List[Tensor], means: List[Tensor],
-                     rstds: List[Tensor], offsets: List[int], a: List[float],
-                     b: List[float]) -> None:
+def _fake_eps_shift_(targets: List[Tensor], weights: List[Tensor], a: List[float],
+                     b: List[float], centered: List[int]) -> None:
     torch._check(len(targets) == len(weights), lambda: 'argument lists of different lengths')
 
 
@@ -193,15 +193,6 @@ def fused_normalize_filters_backward(grads: Sequence[Tensor], weights: Sequence[
                                                           shift, eps, centered)
 
 
-def fused_filter_moments(weights: Sequence[Tensor],
-                         centered: Sequence[int]) -> Tuple[Tensor, Tensor, List[int]]:
-    """Per-filter means and rstds of weights as the forward computes them with ``eps > 0``
-    (concatenated), and each weight's offset in them."""
-    _, mean, rstd = fused_normalize_filters(weights, [1.] * len(weights), [1.] * len(weights),
-                                            centered)
-    return mean, rstd, offsets_of(weights)
-
-
 def offsets_of(weights: Sequence[Tensor]) -> List[int]:
     """Where each weight's filters start when the filters of all are numbered in order."""
     offsets, start = [], 0
@@ -211,10 +202,9 @@ def offsets_of(weights: Sequence[Tensor]) -> List[int]:
     return offsets
 
 
-def fused_eps_shift_(targets: Sequence[Tensor], weights: Sequence[Tensor],
-                     means: Sequence[Tensor], rstds: Sequence[Tensor], offsets: Sequence[int],
-                     a: Sequence[float], b: Sequence[float]) -> None:
-    """``targets[i] += a[i] W + b[i] (W - m) rstd`` per filter, in place (a target may be its
-    weight); weight ``i``'s statistics start at ``offsets[i]`` in ``means[i]`` and
-    ``rstds[i]``."""
-    torch.ops.mmdet_eps.eps_shift_(targets, weights, means, rstds, offsets, a, b)
+def fused_eps_shift_(targets: Sequence[Tensor], weights: Sequence[Tensor], a: Sequence[float],
+                     b: Sequence[float], centered: Sequence[int]) -> None:
+    """``targets[i] += a[i] W + b[i] (W - m) rstd`` per filter of ``W = weights[i]``, in place
+    (a target may be its weight), with the filter's mean ``m`` (0 unless ``centered[i]``) and
+    ``rstd = 1 / sqrt(||W - m||² / n + tiny)`` computed from ``W`` in the same pass."""
+    torch.ops.mmdet_eps.eps_shift_(targets, weights, a, b, centered)

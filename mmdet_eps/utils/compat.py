@@ -17,11 +17,10 @@ fix is small, applied when ``mmdet_eps`` is imported, and shown by a test
    ``device_ids=None``, so ``tools/dist_train.sh`` runs on CPU (our tests do).
 3. What older torch lines lack, asked here instead of torch: :func:`is_compiling`
    (``torch.compiler.is_compiling``, torch >= 2.3), :func:`is_exporting` (torch >= 2.5; before,
-   export runs through dynamo and counts as compiling), :func:`compiler_disable`
-   (``torch.compiler``, torch >= 2.1) and :data:`CUSTOM_OP_API` (``torch.library.register_fake``
-   and ``register_autograd``, torch >= 2.4: without them the fused ops run in eager mode only)
-   and :data:`below_autograd` (``torch._C._AutoDispatchBelowAutograd`` as a context manager,
-   torch >= 2.1).
+   export runs through dynamo and counts as compiling), :data:`CUSTOM_OP_API`
+   (``torch.library.register_fake`` and ``register_autograd``, torch >= 2.4: without them the
+   fused ops run in eager mode only) and :data:`below_autograd`
+   (``torch._C._AutoDispatchBelowAutograd`` as a context manager, torch >= 2.1).
 4. Optimizer step hooks under torch < 2.3. The first ``torch.compile`` in a process (dynamo's
    ``TorchPatcher.patch``) strips the wrapper that runs step pre/post hooks from every
    ``torch.optim`` class, so from then on no hook runs: the ε-shifted term (``EpsShiftStep``, a
@@ -180,8 +179,6 @@ def _torch_compiler(name: str, default: Callable) -> Callable:
 
 #: Whether dynamo traces the caller (``torch.compile``, ``torch.export``).
 is_compiling: Callable[[], bool] = _torch_compiler('is_compiling', lambda: False)
-#: ``torch.compiler.disable``: the decorated function runs eagerly, outside compiled graphs.
-compiler_disable: Callable = _torch_compiler('disable', lambda fn: fn)
 #: Whether ``torch.export`` traces the caller (False where torch cannot tell, torch < 2.5).
 is_exporting: Callable[[], bool] = _torch_compiler('is_exporting', lambda: False)
 #: Whether torch has the custom-op registration API (fake kernels, autograd formulas).

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
+from mmdet.models.backbones import ResNet
 from mmengine.hooks import Hook
+from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
+from torch._dynamo.testing import CompileCounter
+from torch._dynamo.utils import counters
 
 from mmdet_eps.models.backbones import WSResNet
 from tests.conftest import needs_compile
@@ -113,8 +117,7 @@ def test_eps_step_after_compiled_forwards_equals_eager(fused, group_by):
 
 
 def test_data_write_after_a_compiled_forward_uses_the_weight_at_the_step():
-    """A compiled forward hands nothing to the step (a record is a side effect outside the
-    graph): the step's term is the paper's gradient at the weight as the step finds it."""
+    """The step's term is the paper's gradient at the weight as the step finds it."""
     torch.manual_seed(0)
     model = WSResNet(depth=18, base_channels=8, norm_eval=False).double()
     lam, eps, lr = 0.05, 0.3, 0.1
@@ -123,9 +126,70 @@ def test_data_write_after_a_compiled_forward_uses_the_weight_at_the_step():
     conv = model.layer2[0].conv2
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     torch.compile(_loss, backend='aot_eager')(model, x).backward()
-    assert conv.step_stats is None
     conv.weight.data.mul_(2.)
     w, g = conv.weight.detach().clone(), conv.weight.grad.clone()
     wrapper.step()
     torch.testing.assert_close(conv.weight.detach(),
                                w - lr * (g + autograd_grad(w, 'ws', eps, lam)))
+
+
+def _compiled_step_stats(model, wrapper: OptimWrapper, x) -> dict:
+    """Frames, graph breaks and ops of a compiled train step (forward, backward,
+    ``optimizer.step()``), as dynamo counts them over two iterations."""
+    torch._dynamo.reset()
+    counters.clear()
+    backend = CompileCounter()
+
+    def train_step(model, x):
+        wrapper.update_params(_loss(model, x))
+
+    compiled = torch.compile(train_step, backend=backend)
+    for _ in range(2):
+        compiled(model, x)
+    return dict(frames=backend.frame_count, breaks=sum(counters['graph_break'].values()),
+                skipped=sorted(counters['frames'].keys() - {'total', 'ok'}),
+                not_ok=counters['frames']['total'] - counters['frames']['ok'])
+
+
+@pytest.mark.parametrize('optimizer', [
+    dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=0.05),
+    dict(type='AdamW', lr=1e-3, weight_decay=0.05)], ids=['SGD', 'AdamW'])
+def test_eps_term_traces_into_the_compiled_optimizer_step(optimizer):
+    """WS + ε adds no frame, graph break or skipped frame to a compiled train step beyond what
+    the plain ResNet with the same optimizer (plain weight decay) has: the term is traced into
+    the compiled optimizer step, and its ops are in the graphs."""
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    plain = ResNet(depth=18, base_channels=8, norm_eval=False)
+    plain_stats = _compiled_step_stats(plain, build_optim_wrapper(
+        plain, dict(optimizer), eps_shift=dict(eps=0.3)), x)
+    torch.manual_seed(0)
+    ws = WSResNet(depth=18, base_channels=8, norm_eval=False)
+    wrapper = build_optim_wrapper(ws, dict(optimizer), eps_shift=dict(eps=0.3))
+    assert any('eps_shift_family' in g for g in wrapper.optimizer.param_groups)
+    ws_stats = _compiled_step_stats(ws, wrapper, x)
+    assert ws_stats == plain_stats
+
+
+@pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
+@pytest.mark.parametrize('fused', [True, False])
+def test_compiled_optimizer_step_equals_eager(mode, fused):
+    """The step alone under ``torch.compile`` (inductor): the torch ops, or the fused op as a
+    registered custom op that mutates gradients (coupled) or the weights it reads (decoupled),
+    give eager's weights."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = WSResNet(depth=18, base_channels=8, norm_eval=False).double()
+        wrapper = build_optim_wrapper(model, dict(type='SGD', lr=0.1, weight_decay=0.05),
+                                      eps_shift=dict(eps=0.3, mode=mode, fused=fused))
+        step = torch.compile(wrapper.step) if compiled else wrapper.step
+        for _ in range(2):
+            _loss(model, x).backward()
+            step()
+            wrapper.zero_grad()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)

@@ -1,71 +1,31 @@
-"""The ε-shifted step: unit filters reused from the forward, the λW part delegated to the
-optimizer's own weight decay, single- and multi-tensor paths, odd tensors."""
+"""The ε-shifted step: computed from the parameters as the step finds them, the λW part delegated
+to the optimizer's own weight decay, fused, single- and multi-tensor paths, odd tensors."""
 import pytest
 import torch
 from torch import nn
 
 from mmdet_eps.engine.optimizers import EpsShiftStep, eps_shifted_grad
-from mmdet_eps.models.layers import take_unit_filters, unit_filters
-from mmdet_eps.models.layers.filter_stats import FilterMoments, take_filter_moments
+from mmdet_eps.models.backbones import WSResNet
 
 from .helpers import CONVS, autograd_grad, build_optim_wrapper
 
 FAMILIES = ['ws', 'wn', 'cwn']
 
 
-@pytest.mark.parametrize('family', FAMILIES)
-def test_forward_records_unit_filters_until_the_weight_changes(family):
-    torch.manual_seed(0)
-    conv = CONVS[family](4, 6, 3, fused=False).double()  # the torch-ops path records units
-    conv(torch.randn(1, 4, 5, 5, dtype=torch.float64)).sum().backward()
-    centered = family != 'wn'
-    recorded = conv.step_stats.unit  # the layer owns it, not the weight tensor
-    assert not conv.weight.__dict__
-    torch.testing.assert_close(recorded, unit_filters(conv.weight, centered))
-    assert take_unit_filters(conv.weight, centered, conv) is recorded  # the forward's, once
-    assert take_unit_filters(conv.weight, centered, conv) is not recorded  # then recomputed
-    conv(torch.randn(1, 4, 5, 5, dtype=torch.float64))
-    with torch.no_grad():
-        conv.weight.mul_(-2.).add_(0.1)  # any in-place write bumps the version counter
-    fresh = take_unit_filters(conv.weight, centered, conv)
-    torch.testing.assert_close(fresh, unit_filters(conv.weight, centered))
-    assert not torch.allclose(fresh, recorded)
-
-
-@pytest.mark.parametrize('family', FAMILIES)
-def test_fused_forward_records_moments_until_the_weight_changes(family):
-    torch.manual_seed(0)
-    conv = CONVS[family](4, 6, 3, fused=True).double()
-    conv(torch.randn(1, 4, 5, 5, dtype=torch.float64)).sum().backward()
-    centered = family != 'wn'
-    record = conv.step_stats
-    assert isinstance(record, FilterMoments)
-    (mean, ), (rstd, ), (offset, ) = take_filter_moments([conv.weight], centered, [conv])
-    assert mean is record.mean and offset == record.offset  # the forward's, once
-    unit = (conv.weight - mean.view(-1, 1, 1, 1)) * rstd.view(-1, 1, 1, 1)
-    torch.testing.assert_close(unit, unit_filters(conv.weight, centered))
-    assert conv.step_stats is None
-    conv(torch.randn(1, 4, 5, 5, dtype=torch.float64))
-    with torch.no_grad():
-        conv.weight.mul_(-2.).add_(0.1)
-    torch.testing.assert_close(take_unit_filters(conv.weight, centered, conv),
-                               unit_filters(conv.weight, centered))  # recomputed
-
-
-def test_frozen_or_no_grad_forwards_record_nothing():
-    conv = CONVS['ws'](4, 6, 3)
-    with torch.no_grad():
-        conv(torch.randn(1, 4, 5, 5))
-    conv.weight.requires_grad_(False)
-    conv(torch.randn(1, 4, 5, 5))
-    assert conv.step_stats is None
+def test_forwards_leave_nothing_on_the_layers():
+    """The step computes from the parameters: no forward state for it to read."""
+    for fused in (True, False):
+        conv = CONVS['ws'](4, 6, 3, fused=fused)
+        before = set(vars(conv))
+        conv(torch.randn(1, 4, 5, 5)).sum().backward()
+        assert set(vars(conv)) == before and not conv.weight.__dict__
 
 
 @pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
 @pytest.mark.parametrize('impl', ['fused', 'foreach', 'single_tensor'])
 def test_step_after_forward_equals_the_paper_gradient(family, mode, impl):
-    """Each implementation of forward + step (the step follows what the forward recorded)."""
+    """Each implementation of forward + step."""
     torch.manual_seed(0)
     lr, lam, eps = 0.1, 0.3, 0.05
     foreach = impl == 'foreach'
@@ -130,7 +90,7 @@ def test_channels_last_weights_and_gradients(mode, foreach):
                                     eps_shift_lambda=0.2, eps_shift_eps=0.1,
                                     eps_shift_mode=mode, weight_decay=0.)], lr=0.1,
                               foreach=foreach)
-        opt.register_step_pre_hook(EpsShiftStep(conv))
+        opt.register_step_pre_hook(EpsShiftStep())
         conv(x).square().sum().backward()
         opt.step()
     torch.testing.assert_close(convs[1].weight, convs[0].weight)
@@ -146,7 +106,7 @@ def test_mixed_dtypes_and_shapes_in_one_group(foreach):
     opt = torch.optim.SGD([dict(params=params, eps_shift_family='cwn', eps_shift_lambda=0.1,
                                 eps_shift_eps=0.5, eps_shift_mode='coupled')], lr=1.,
                           foreach=foreach)
-    opt.register_step_pre_hook(EpsShiftStep())  # no model: statistics computed at the step
+    opt.register_step_pre_hook(EpsShiftStep())
     w0 = [p.detach().clone() for p in params]
     opt.step()
     for p, w in zip(params, w0):
@@ -154,21 +114,25 @@ def test_mixed_dtypes_and_shapes_in_one_group(foreach):
 
 
 @pytest.mark.parametrize('fused', [True, False])
-def test_data_write_between_forward_and_step_keeps_the_forward_statistics(fused):
-    """The step's term uses the statistics of the forward, like the loss gradient in .grad (a
-    write through .data bypasses the version counter; documented in filter_stats): its unit
-    filters (torch ops), or its per-filter mean and rstd applied to the weight (fused)."""
+@pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
+@pytest.mark.parametrize('model', ['conv', 'backbone'])
+def test_data_write_between_backward_and_step_is_seen(fused, mode, model):
+    """As torch's weight decay: the term is the paper's gradient at the weight as the step finds
+    it, after a write through ``.data`` (which no version counter sees)."""
     torch.manual_seed(0)
-    conv = CONVS['ws'](3, 4, 3, fused=fused).double()
-    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
-    conv(x).sum().backward()
-    w_forward = conv.weight.detach().clone()
-    conv.weight.data.add_(torch.randn_like(w_forward))
-    unit = take_unit_filters(conv.weight, True, conv)
-    expected = unit_filters(w_forward, True)
-    if fused:
-        flat = w_forward.flatten(1)
-        mean = flat.mean(1).view(-1, 1, 1, 1)
-        rstd = flat.var(1, unbiased=False).rsqrt().view(-1, 1, 1, 1)
-        expected = (conv.weight.detach() - mean) * rstd
-    torch.testing.assert_close(unit, expected)
+    lam, eps, lr = 0.05, 0.3, 0.1
+    if model == 'conv':
+        net = CONVS['ws'](3, 4, 3, fused=fused).double()
+        conv, x = net, torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    else:
+        net = WSResNet(depth=18, base_channels=8, norm_eval=False, fused=fused).double()
+        conv, x = net.layer2[0].conv2, torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    wrapper = build_optim_wrapper(net, dict(type='SGD', lr=lr, weight_decay=lam),
+                                  eps_shift=dict(eps=eps, mode=mode, fused=fused))
+    out = net(x)
+    sum(o.square().sum() for o in (out if isinstance(out, tuple) else (out, ))).backward()
+    conv.weight.data.mul_(2.).add_(0.01)
+    w, g = conv.weight.detach().clone(), conv.weight.grad.clone()
+    wrapper.step()
+    torch.testing.assert_close(conv.weight.detach(),
+                               w - lr * (g + autograd_grad(w, 'ws', eps, lam)))

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch._dynamo
 from mmdet.models.backbones import ResNet
+from torch._dynamo.testing import CompileCounter
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from mmdet_eps.models.backbones import WSResNet, WSResNeXt
@@ -73,7 +74,7 @@ def test_torch_ops_backward_calls_group_norm_as_its_schema_says(shape, eps):
     w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     g = torch.randn(shape, dtype=torch.float64)
     spec = FilterNorm.build(fan_in(w), eps, True, fan_in(w) - 1)
-    out, _, saved = _forward(spec, [w.detach()])
+    out, saved = _forward(spec, [w.detach()])
     grad = _backward(spec, saved, g)
     f = w.flatten(1)
     u = f - f.mean(1, keepdim=True)
@@ -83,7 +84,7 @@ def test_torch_ops_backward_calls_group_norm_as_its_schema_says(shape, eps):
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # the spec holds a real 0-dim tensor
     fake_w, fake_g = mode.from_tensor(w.detach()), mode.from_tensor(g)
     with mode:
-        _, _, saved = _forward(spec, [fake_w])
+        _, saved = _forward(spec, [fake_w])
         assert _backward(spec, saved, fake_g).shape == shape
 
 
@@ -106,6 +107,31 @@ def test_resnet_and_ws_resnet_compile_into_one_graph():
             model = WSResNet(depth=18, base_channels=8, norm_eval=False, group_by=group_by,
                              fused=fused)
             assert _breaks(model, x) == 0, (group_by, fused)
+
+
+def _frames(model, x, **compile_args) -> int:
+    """Frames dynamo compiles for ``torch.compile(model)(x)``."""
+    torch._dynamo.reset()
+    backend = CompileCounter()
+    torch.compile(model, backend=backend, **compile_args)(x)
+    return backend.frame_count
+
+
+@needs_compile
+def test_compiled_ws_resnet_is_one_frame_as_mmdet_resnet():
+    """``torch.compile(backbone)``: the grouped normalization runs inside the backbone's frame
+    (no hook compiled as a frame of its own, no weights held across frames), also in one
+    graph (``fullgraph=True``)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    plain = _frames(ResNet(depth=18, base_channels=8, norm_eval=False), x)
+    for group_by in ('backbone', 'stage', None):
+        for fused in (True, False):
+            model = WSResNet(depth=18, base_channels=8, norm_eval=False, group_by=group_by,
+                             fused=fused)
+            assert _frames(model, x) == plain, (group_by, fused)
+            assert _frames(model, x, fullgraph=True) == 1
+            assert all(g.weights is None for gs in model.filter_groups for g in gs.groups)
 
 
 @needs_compile

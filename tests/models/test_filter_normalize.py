@@ -54,23 +54,32 @@ def test_forward_and_backward_equal_autograd(shape, eps, kind):
 @pytest.mark.parametrize('kind', KINDS)
 @pytest.mark.parametrize('eps', [0., 1e-3])
 def test_batch_equals_one_by_one_and_passes_gradcheck(kind, eps):
-    """Many weights of one filter shape in one node: outputs, unit filters and gradients."""
+    """Many weights of one filter shape in one node: outputs and gradients, on both paths."""
     torch.manual_seed(0)
     weights = [_weight((c, 3, 2, 2)).requires_grad_(True) for c in (2, 5, 1)]
     centered, divisor = _kind(kind, 12)
-    outs, unit = normalize_filter_batch(weights, eps, centered, divisor)
-    assert not unit.requires_grad
-    torch.testing.assert_close(unit, torch.cat([unit_filters(w, centered) for w in weights]))
-    for w, out in zip(weights, outs):
-        assert out.shape == w.shape
-        torch.testing.assert_close(out, _reference(w, eps, centered, divisor))
-    assert torch.autograd.gradcheck(
-        lambda *ws: torch.cat(normalize_filter_batch(ws, eps, centered, divisor)[0]), weights)
+    for fused in (False, None):
+        outs = normalize_filter_batch(weights, eps, centered, divisor, fused)
+        for w, out in zip(weights, outs):
+            assert out.shape == w.shape
+            torch.testing.assert_close(out, _reference(w, eps, centered, divisor))
+        assert torch.autograd.gradcheck(
+            lambda *ws: torch.cat(normalize_filter_batch(ws, eps, centered, divisor, fused)),
+            weights)
+
+
+@pytest.mark.parametrize('centered', [True, False])
+def test_unit_filters_are_the_direction_at_scale_sqrt_n(centered):
+    w = _weight((6, 4, 3, 3))
+    f = w.flatten(1)
+    u = f - f.mean(1, keepdim=True) if centered else f
+    expected = (u / u.norm(dim=1, keepdim=True) * f.shape[1]**0.5).view_as(w)
+    torch.testing.assert_close(unit_filters(w, centered), expected)
 
 
 def test_unused_members_get_zero_gradients():
     weights = [_weight((c, 3, 3, 3)).requires_grad_(True) for c in (4, 6)]
-    outs, _ = normalize_filter_batch(weights, 1e-5, True, 26)
+    outs = normalize_filter_batch(weights, 1e-5, True, 26, fused=False)
     outs[1].sum().backward()
     assert weights[0].grad is not None and weights[0].grad.abs().max() == 0
     assert weights[1].grad.abs().max() > 0

@@ -7,7 +7,7 @@ import torch
 
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import eps_shift, eps_shifted_grad
 from mmdet_eps.models.layers import FilterNorm, fan_in, normalize_batch
-from mmdet_eps.ops import FUSED_AVAILABLE, fused_eps_shift_, fused_filter_moments, fused_unsupported
+from mmdet_eps.ops import FUSED_AVAILABLE, fused_eps_shift_, fused_unsupported
 from mmdet_eps.utils.op_count import count_ops
 from tests.conftest import needs_torch
 
@@ -113,9 +113,9 @@ def test_auto_falls_back_to_torch_ops_and_explicit_fused_says_why():
 
 
 @pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
-def test_step_without_a_forward_recomputes_the_statistics(mode):
-    """No forward since the last update (no record): the fused step computes the means and
-    rstds itself and equals the paper's gradient."""
+def test_fused_step_equals_the_paper_gradient(mode):
+    """The fused step reduces each filter of the weight as it is and updates it in one pass:
+    the paper's gradient, in place."""
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(4, 3, 3, 3, dtype=torch.float64)),
               torch.nn.Parameter(torch.randn(6, 8, 1, 1, dtype=torch.float64))]
@@ -133,27 +133,23 @@ def test_step_without_a_forward_recomputes_the_statistics(mode):
         assert all(p._version > v for p, v in zip(params, versions))
 
 
-def test_moments_are_those_of_the_forward():
-    _, weights = _batch(requires_grad=False)
-    flat = [w for (w, ) in weights[:3]]
-    mean, rstd, offsets = fused_filter_moments(flat, [1, 1, 1])
-    assert offsets == [0, 6, 11]
-    for w, offset in zip(flat, offsets):
-        f = w.flatten(1)
-        torch.testing.assert_close(mean[offset:offset + w.shape[0]], f.mean(1))
-        torch.testing.assert_close(rstd[offset:offset + w.shape[0]],
-                                   f.var(1, unbiased=False).rsqrt())
+def test_fused_step_of_zero_and_constant_filters_is_plain_decay():
+    """A filter with ``u = 0`` has no direction: its unit filter is 0, as ``unit_filters``."""
+    w = torch.zeros(3, 2, 3, 3)
+    w[1] = 0.5
+    target = torch.zeros_like(w)
+    fused_eps_shift_([target], [w], [0.1], [-0.3], [1])
+    torch.testing.assert_close(target, 0.1 * w)
 
 
 def test_ops_check_their_arguments():
     w = torch.randn(4, 3, 3, 3)
-    mean, rstd, offsets = fused_filter_moments([w], [1])
     with pytest.raises(RuntimeError, match='different lengths'):
-        fused_eps_shift_([w.clone()], [w], [mean], [rstd], offsets, [0.1, 0.2], [0.1])
-    with pytest.raises(RuntimeError, match='out of range'):
-        fused_eps_shift_([w.clone()], [w], [mean], [rstd], [2], [0.1], [0.1])
+        fused_eps_shift_([w.clone()], [w], [0.1, 0.2], [0.1], [1])
+    with pytest.raises(RuntimeError, match='target of another shape'):
+        fused_eps_shift_([w[:2].clone()], [w], [0.1], [0.1], [1])
     with pytest.raises(RuntimeError, match='contiguous CPU tensors of one dtype'):
-        fused_eps_shift_([w.double()], [w], [mean], [rstd], offsets, [0.1], [0.1])
+        fused_eps_shift_([w.double()], [w], [0.1], [0.1], [1])
 
 
 @needs_torch('2.4', 'Custom-op registration (torch.library.register_fake, opcheck)')
@@ -172,8 +168,8 @@ def test_ops_pass_opcheck():
                           (grads, [w.detach() for w in flat], mean, rstd, offsets, *args))
     targets = [torch.randn_like(w) for w in flat]
     torch.library.opcheck(torch.ops.mmdet_eps.eps_shift_.default,
-                          (targets, [w.detach() for w in flat], [mean] * 5, [rstd] * 5, offsets,
-                           [0.1] * 5, [-0.2] * 5))
+                          (targets, [w.detach() for w in flat], [0.1] * 5, [-0.2] * 5,
+                           args[2]))
 
 
 def test_a_missing_extension_is_reported_and_the_layers_fall_back(monkeypatch):

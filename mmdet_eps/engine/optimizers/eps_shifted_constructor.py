@@ -10,7 +10,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from mmdet_eps.models.layers import get_norm_family
-from mmdet_eps.ops import fused_unsupported
+from mmdet_eps.ops import Impl, select_impl
 
 from .eps_shifted_regularizer import (
     CORRECTION_KEY,
@@ -177,12 +177,13 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         params.extend(_merge_groups(per_tensor))
 
     def _fused_step(self, params: List[nn.Parameter]) -> bool:
-        """Whether the step of these params will be the fused one."""
-        fused = self.eps_shift['fused']
-        why = fused_unsupported(params) if fused is not False else 'not requested'
-        if fused and why:
-            raise ValueError(f'paramwise_cfg.eps_shift.fused=True cannot run here: {why}')
-        return why is None
+        """Whether the eager step of these params will be the fused one (which does ``λ W`` in
+        the same pass as the rest: nothing to delegate)."""
+        try:
+            return select_impl(params, self.eps_shift['fused']) is Impl.FUSED
+        except RuntimeError as error:
+            raise ValueError(f'paramwise_cfg.eps_shift.fused=True cannot run here ({error})'
+                             ) from None
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
@@ -192,7 +193,7 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optimizer.param_groups[:] = [dict(group) for group in optimizer.param_groups]
         if optimizer.defaults.get('fused'):
             raise ValueError('fused optimizers are not supported by the ε-shifted term')
-        optimizer.register_step_pre_hook(EpsShiftStep(model))
+        optimizer.register_step_pre_hook(EpsShiftStep())
         self._log_summary(optimizer)
         return optim_wrapper
 

@@ -5,7 +5,7 @@ each block's ``conv1``; :class:`WSCSPNeXt` builds mmdet's network, then gives th
 layer, so every conv followed by a norm layer is a WS conv. Same arguments and state-dict keys as
 mmdet's CSPNeXt.
 """
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from mmcv.cnn import ConvModule, build_conv_layer
 from mmdet.models.backbones import CSPNeXt
@@ -58,6 +58,6 @@ class WSCSPNeXt(GroupedNormMixin, CSPNeXt):
         replace_plain_convs(self, conv_cfg)
         self._group_convs(group_by, fused)
 
-    def _stage_regions(self) -> list:
+    def _stage_regions(self) -> Tuple[List[nn.Module], List[nn.Module]]:
         stem, *stages = [getattr(self, name) for name in self.layers]
-        return [(self, [stem] + stages[:1])] + stages[1:]
+        return [stem] + stages[:1], stages[1:]

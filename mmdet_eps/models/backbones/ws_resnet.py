@@ -4,11 +4,12 @@ Thin subclasses of mmdet's backbones: same arguments, same state-dict keys; the 
 ``conv_cfg`` differs, and the normalized convs are normalized in groups (``group_by``), a few
 kernels per group instead of a few per conv.
 """
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
+from torch import nn
 
 from .grouped_norm import GroupedNormMixin, ws_conv_cfg
 
@@ -16,10 +17,10 @@ from .grouped_norm import GroupedNormMixin, ws_conv_cfg
 class _ResNetStages(GroupedNormMixin):
     """ResNet's stages for ``group_by='stage'``: the stem with the first residual stage."""
 
-    def _stage_regions(self) -> list:
+    def _stage_regions(self) -> Tuple[List[nn.Module], List[nn.Module]]:
         stages = [getattr(self, name) for name in self.res_layers]
         stem = [getattr(self, 'stem' if self.deep_stem else 'conv1')]
-        return [(self, stem + stages[:1])] + stages[1:]
+        return stem + stages[:1], stages[1:]
 
 
 @MODELS.register_module()

@@ -8,7 +8,7 @@ from .filter_normalize import (
                                normalize_filters,
                                standardize_filters,
 )
-from .filter_stats import fan_in, filter_moments, filter_norm, take_unit_filters, unit_filters
+from .filter_stats import fan_in, filter_moments, filter_norm, unit_filters
 from .norm_family import NORM_FAMILIES, check_family, get_norm_family, is_centered, scale_divisor
 from .normalized_conv import NormalizedConv2d
 from .wn_conv import CWNConv, WNConv
@@ -18,6 +18,6 @@ __all__ = [
     'FilterGroup', 'FilterGroups', 'group_normalized_convs', 'FilterNorm', 'normalize_batch',
     'normalize_filter_batch',
     'normalize_filters', 'standardize_filters', 'fan_in', 'filter_moments', 'filter_norm',
-    'take_unit_filters', 'unit_filters', 'NORM_FAMILIES', 'check_family', 'get_norm_family',
+    'unit_filters', 'NORM_FAMILIES', 'check_family', 'get_norm_family',
     'is_centered', 'scale_divisor', 'NormalizedConv2d', 'WSConv', 'WNConv', 'CWNConv'
 ]

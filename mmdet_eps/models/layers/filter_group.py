@@ -67,8 +67,10 @@ class FilterGroup:
 
 
 class FilterGroups:
-    """The groups of one region: normalized together at the start of the region's forward (a
-    forward pre-hook), released at its end (a forward hook).
+    """The groups of one region: normalized together at the start of the region's forward,
+    released at its end, by forward hooks on the region or by the region's own forward
+    (``hooks=False``: a backbone brackets its forward itself, so that ``torch.compile`` of the
+    backbone sees one frame).
 
     Convs are grouped by ``group_key()`` in the order the region lists them. Convs that cannot
     join a group (``groupable`` False, e.g. WNConv with a gain) and regions run under activation
@@ -81,10 +83,12 @@ class FilterGroups:
             within ``region``'s forward. Defaults to None: ``region`` itself.
         fused (bool, optional): Normalize with the fused CPU ops or torch ops (see
             ``filter_normalize.normalize_batch``). Defaults to None: fused where they apply.
+        hooks (bool): Bracket the region's forward with hooks; False: the region's forward
+            calls :meth:`normalize` and :meth:`release` itself. Defaults to True.
     """
 
     def __init__(self, region: nn.Module, members: Optional[Sequence[nn.Module]] = None,
-                 fused: Optional[bool] = None) -> None:
+                 fused: Optional[bool] = None, hooks: bool = True) -> None:
         self.fused = fused
         by_key: 'OrderedDict[tuple, List[NormalizedConv2d]]' = OrderedDict()
         modules = [m for member in (members or [region]) for m in member.modules()]
@@ -95,14 +99,13 @@ class FilterGroups:
         self.groups = [FilterGroup(convs) for convs in by_key.values()]
         self.specs = [group.spec for group in self.groups]
         self.handles = []
-        if self.groups:
+        if self.groups and hooks:
             self.handles = [region.register_forward_pre_hook(self._normalize),
                             region.register_forward_hook(self._release)]
 
     def normalize(self) -> None:
         """Normalize every group's weights in one call and hand them to the groups."""
-        outs = normalize_batch(self.specs, [group.params() for group in self.groups], self.fused,
-                               owners=[group.convs for group in self.groups])
+        outs = normalize_batch(self.specs, [group.params() for group in self.groups], self.fused)
         for group, weights in zip(self.groups, outs):
             group.hold(weights)
 

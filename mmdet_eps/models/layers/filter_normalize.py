@@ -21,18 +21,19 @@ One autograd node serves a whole *batch*: several lists of weights, one list per
 (eval, frozen weights) the same arithmetic runs without a node. The results equal the textbook
 expression to float rounding (tests/models/test_filter_normalize.py). Not twice differentiable.
 
-Two implementations, chosen per call by ``fused`` (as torch's optimizers choose theirs): the
-*torch-ops* path above runs on any device; the *fused* path (CPU, ``mmdet_eps.ops``) does the
-same arithmetic for all weights of the batch in one op forward and one backward, with no
-concatenation, and returns per-filter means and rstds instead of unit filters.
+Three implementations, chosen per call by ``mmdet_eps.ops.select_impl`` (the one place that
+decides, for the layers and the ε-shifted step): the *torch-ops* path above, with its hand-written
+backward, runs eagerly on any device; the *fused* path (CPU, ``mmdet_eps.ops``) does the same
+arithmetic for all weights of the batch in one op forward and one backward, with no
+concatenation; the *traceable* path is the textbook expression in plain, differentiable torch
+ops on each filter shape's concatenated weights (:func:`_traceable_batch`), for ``torch.compile``
+and the exporters: the compiler derives its backward and fuses it (the default under compile:
+the mechanism that carries to GPUs, on a par with the opaque fused ops on the CPU, B9), and an
+exported graph holds standard ops only. The fused ops are registered custom ops (schema, fake
+kernel, autograd: ``mmdet_eps.ops``), so ``torch.compile`` keeps them in its graph when asked
+for (``fused=True``).
 
-Under ``torch.compile`` and the exporters the torch-ops path is the textbook expression in plain,
-differentiable torch ops on each filter shape's concatenated weights (:func:`_traceable_batch`):
-the compiler derives its backward and fuses it (``fused=None`` picks it there: the mechanism that
-carries to GPUs, on a par with the opaque fused ops on the CPU, B9), and an exported graph holds
-standard ops only. The fused ops are registered custom ops (schema, fake kernel, autograd:
-``mmdet_eps.ops``), so ``torch.compile`` keeps them in its graph when asked for
-(``fused=True``); exporters always get the standard ops.
+Nothing here is kept for later: the ε-shifted step recomputes what it needs from the parameters.
 """
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -41,16 +42,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from mmdet_eps.ops import fused_normalize_filters, fused_unsupported, offsets_of
-from mmdet_eps.utils.compat import is_compiling, is_exporting
+from mmdet_eps.ops import Impl, fused_normalize_filters, select_impl
 
-from .filter_stats import (
-    StatsOwner,
-    fan_in,
-    filter_dims,
-    record_filter_moments,
-    record_unit_filters,
-)
+from .filter_stats import fan_in, filter_dims
 
 #: Dtypes normalized in float32 (their outputs are cast back).
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -78,8 +72,8 @@ class FilterNorm(NamedTuple):
                    torch.tensor(root if centered else eps, dtype=torch.float64), root)
 
 
-def _forward(spec: FilterNorm, weights: Sequence[Tensor]) -> Tuple[Tensor, Tensor, tuple]:
-    """``(normalized, unit filters, tensors the backward needs)`` of one filter shape."""
+def _forward(spec: FilterNorm, weights: Sequence[Tensor]) -> Tuple[Tensor, tuple]:
+    """``(normalized, tensors the backward needs)`` of one filter shape."""
     x = torch.cat(weights) if len(weights) > 1 else weights[0].contiguous()
     if x.dtype in _UPCAST:
         x = x.float()
@@ -90,12 +84,12 @@ def _forward(spec: FilterNorm, weights: Sequence[Tensor]) -> Tuple[Tensor, Tenso
         inner = torch.finfo(x.dtype).tiny if eps else 0.
         unit, mean, rstd = torch.native_layer_norm(x, x.shape[1:], None, None, inner)
         denom = torch.add(spec.shift, rstd, alpha=eps)
-        return unit.div(denom), unit, (x, mean, rstd, denom, unit)
+        return unit.div(denom), (x, mean, rstd, denom, unit)
     norm = torch.linalg.vector_norm(x, dim=filter_dims(x), keepdim=True)
     denom = torch.add(spec.shift, norm, alpha=1 / math.sqrt(spec.divisor))
     out = x.div(denom)
     inv_norm = norm.clamp_min_(torch.finfo(x.dtype).tiny).reciprocal_()
-    return out, x * inv_norm.mul(math.sqrt(fan_in(x))), (x, inv_norm, denom)
+    return out, (x, inv_norm, denom)
 
 
 def _backward(spec: FilterNorm, saved: Sequence[Tensor], grad: Tensor) -> Tensor:
@@ -126,18 +120,17 @@ def _backward(spec: FilterNorm, saved: Sequence[Tensor], grad: Tensor) -> Tensor
 
 class _NormalizeFilters(torch.autograd.Function):
     """Inputs: the specs (one per filter shape), the number of weights of each, the weights.
-    Outputs: the normalized weights of each shape (concatenated), then their unit filters."""
+    Outputs: the normalized weights of each shape (concatenated)."""
 
     @staticmethod
     def forward(ctx, specs: Tuple[FilterNorm, ...], counts: Tuple[int, ...],
                 *weights: Tensor) -> Tuple[Tensor, ...]:
-        outs, units, saved, start = [], [], [], 0
+        outs, saved, start = [], [], 0
         for spec, count in zip(specs, counts):
             members = weights[start:start + count]
             start += count
-            out, unit, tensors = _forward(spec, members)
+            out, tensors = _forward(spec, members)
             outs.append(out if out.dtype == members[0].dtype else out.to(members[0].dtype))
-            units.append(unit)
             saved.extend(tensors)
         ctx.save_for_backward(*saved)
         ctx.specs, ctx.counts = specs, counts
@@ -148,9 +141,9 @@ class _NormalizeFilters(torch.autograd.Function):
             if not any(needs[start:start + count]):
                 frozen.append(out)
             start += count
-        ctx.mark_non_differentiable(*units, *frozen)
-        ctx.set_materialize_grads(False)  # no zeros for the unit filters' (absent) gradients
-        return (*outs, *units)
+        ctx.mark_non_differentiable(*frozen)
+        ctx.set_materialize_grads(False)  # an unused output's weights get no gradient
+        return tuple(outs)
 
     @staticmethod
     @once_differentiable
@@ -189,72 +182,46 @@ def _traceable_normalize(spec: FilterNorm, weight: Tensor) -> Tensor:
     return out.to(weight.dtype)
 
 
+def _split(outs: Sequence[Tensor], weights: Sequence[Sequence[Tensor]]) -> List[List[Tensor]]:
+    """Each filter shape's concatenated output split back into its weights."""
+    return [list(out.split_with_sizes([w.shape[0] for w in group])) if len(group) > 1 else [out]
+            for out, group in zip(outs, weights)]
+
+
 def _traceable_batch(specs: Sequence[FilterNorm],
                      weights: Sequence[Sequence[Tensor]]) -> List[List[Tensor]]:
     """:func:`_traceable_normalize` of each filter shape's weights concatenated, so the
     compiler's kernels (reductions, their backward) serve a whole group, not one weight."""
-    nested = []
-    for spec, group in zip(specs, weights):
-        if len(group) == 1:
-            nested.append([_traceable_normalize(spec, group[0])])
-            continue
-        out = _traceable_normalize(spec, torch.cat(list(group)))
-        nested.append(list(out.split_with_sizes([w.shape[0] for w in group])))
-    return nested
-
-
-def exporting() -> bool:
-    """Whether an exporter traces the model (``torch.export``, ONNX, TorchScript tracing): the
-    graph must then hold standard ops only."""
-    return torch.jit.is_tracing() or is_exporting()
+    outs = [_traceable_normalize(spec, torch.cat(list(group)) if len(group) > 1 else group[0])
+            for spec, group in zip(specs, weights)]
+    return _split(outs, weights)
 
 
 def _fused_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
-                 flat: List[Tensor], train: bool,
-                 owners: Optional[List[StatsOwner]]) -> List[List[Tensor]]:
-    args = ([spec.root for spec, group in zip(specs, weights) for _ in group],
-            [spec.eps for spec, group in zip(specs, weights) for _ in group],
-            [int(spec.centered) for spec, group in zip(specs, weights) for _ in group])
-    outs, mean, rstd = fused_normalize_filters(flat, *args)  # differentiable: mmdet_eps.ops
-    if train and owners is not None:
-        for weight, owner, offset in zip(flat, owners, offsets_of(flat)):
-            if weight.requires_grad:
-                record_filter_moments(owner, weight, mean, rstd, offset)
+                 flat: List[Tensor]) -> List[List[Tensor]]:
+    counts = [len(group) for group in weights]
+    args = ([spec.root for spec, count in zip(specs, counts) for _ in range(count)],
+            [spec.eps for spec, count in zip(specs, counts) for _ in range(count)],
+            [int(spec.centered) for spec, count in zip(specs, counts) for _ in range(count)])
+    outs = fused_normalize_filters(flat, *args)[0]  # differentiable: mmdet_eps.ops
     nested, start = [], 0
-    for group in weights:
-        nested.append(list(outs[start:start + len(group)]))
-        start += len(group)
+    for count in counts:
+        nested.append(list(outs[start:start + count]))
+        start += count
     return nested
 
 
 def _torch_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
-                 flat: List[Tensor], train: bool, owners: Optional[List[StatsOwner]]
-                 ) -> Tuple[List[List[Tensor]], List[Tensor]]:
-    if train:
-        results = _NormalizeFilters.apply(tuple(specs), tuple(len(g) for g in weights), *flat)
-        outs, units = results[:len(specs)], results[len(specs):]
-    else:
-        outs, units = [], []
-        for spec, group in zip(specs, weights):
-            out, unit, _ = _forward(spec, group)
-            outs.append(out if out.dtype == group[0].dtype else out.to(group[0].dtype))
-            units.append(unit)
-    nested, start = [], 0
-    for out, unit, group in zip(outs, units, weights):
-        sizes = [w.shape[0] for w in group]
-        nested.append(list(out.split_with_sizes(sizes)) if len(group) > 1 else [out])
-        if train and owners is not None:
-            for weight, owner, u in zip(group, owners[start:], unit.split_with_sizes(sizes)):
-                if weight.requires_grad:
-                    record_unit_filters(owner, weight, u)
-        start += len(group)
-    return nested, list(units)
+                 flat: List[Tensor]) -> List[List[Tensor]]:
+    if torch.is_grad_enabled() and any(w.requires_grad for w in flat):
+        outs = _NormalizeFilters.apply(tuple(specs), tuple(len(g) for g in weights), *flat)
+    else:  # eval or frozen weights: the same arithmetic without a node
+        outs = [_forward(spec, group)[0].to(group[0].dtype) for spec, group in zip(specs, weights)]
+    return _split(outs, weights)
 
 
 def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tensor]],
-                    fused: Optional[bool] = None,
-                    owners: Optional[Sequence[Sequence[StatsOwner]]] = None
-                    ) -> List[List[Tensor]]:
+                    fused: Optional[bool] = None) -> List[List[Tensor]]:
     """Normalize lists of weights, one list per filter shape (``specs[i]`` for ``weights[i]``),
     in one autograd node (none when no weight needs a gradient).
 
@@ -262,54 +229,38 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
         specs (Sequence[FilterNorm]): One per list.
         weights (Sequence[Sequence[Tensor]]): The weights, one list per filter shape.
         fused (bool, optional): The fused CPU ops (one op forward and one backward for all the
-            weights) or torch ops (a few per filter shape, on any device). Defaults to None:
-            fused when the ops take the weights (``mmdet_eps.ops.fused_unsupported``) in eager
-            mode; under ``torch.compile`` torch ops, which inductor fuses itself (``True``
-            keeps the fused ops there, as registered custom ops). Exporters always get torch
-            ops.
-        owners (Sequence[Sequence[StatsOwner]], optional): The layers that own the weights,
-            nested as ``weights``: an eager forward hands each trainable weight's statistics
-            to its owner for the ε-shifted step (see ``filter_stats``). Defaults to None.
+            weights) or torch ops (a few per filter shape, on any device); see
+            ``mmdet_eps.ops.select_impl``. Defaults to None: fused in eager mode where the ops
+            take the weights, torch ops that inductor fuses under ``torch.compile``.
 
     Returns:
         list[list[Tensor]]: The normalized weights, nested as ``weights``.
     """
     flat = [w for group in weights for w in group]
-    compiling = is_compiling()
-    if exporting() or (compiling and not fused):
-        return _traceable_batch(specs, weights)  # what inductor fuses, on any device
-    train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
-    why = fused_unsupported(flat) if fused or fused is None else 'not requested'
-    if fused and why:
-        raise RuntimeError(f'fused weight normalization unavailable: {why}')
-    # only an eager forward records: in a compiled graph a record is a side effect outside it
-    flat_owners = ([o for group in owners for o in group]
-                   if owners is not None and not compiling else None)
-    if why is None:
-        return _fused_batch(specs, weights, flat, train, flat_owners)
-    return _torch_batch(specs, weights, flat, train, flat_owners)[0]
+    impl = select_impl(flat, fused)
+    if impl is Impl.FUSED:
+        return _fused_batch(specs, weights, flat)
+    if impl is Impl.TORCH:
+        return _torch_batch(specs, weights, flat)
+    return _traceable_batch(specs, weights)
 
 
 def normalize_filter_batch(weights: Sequence[Tensor], eps: float, centered: bool = True,
-                           divisor: float = 1.) -> Tuple[List[Tensor], Tensor]:
-    """Normalize weights of one filter shape together with torch ops (any device), returning
-    the unit filters too.
+                           divisor: float = 1., fused: Optional[bool] = None) -> List[Tensor]:
+    """Normalize weights of one filter shape together (one autograd node).
 
     Args:
         weights (Sequence[Tensor]): Conv weights whose dims after the first agree.
         eps (float): Added to the per-filter scale.
         centered (bool): Subtract the filter mean (WS, CWN) or not (WN). Defaults to True.
         divisor (float): ``D`` of the scale ``||u|| / sqrt(D)``. Defaults to 1.
+        fused (bool, optional): As :func:`normalize_batch`. Defaults to None.
 
     Returns:
-        tuple[list[Tensor], Tensor]: The normalized weights (views of one tensor, in the order
-        given) and the unit filters ``sqrt(n) u / ||u||`` of all of them, concatenated.
+        list[Tensor]: The normalized weights, in the order given.
     """
     spec = FilterNorm.build(fan_in(weights[0]), eps, centered, divisor)
-    flat = list(weights)
-    train = torch.is_grad_enabled() and any(w.requires_grad for w in flat)
-    (outs, ), (unit, ) = _torch_batch([spec], [flat], flat, train, owners=None)
-    return outs, unit
+    return normalize_batch([spec], [list(weights)], fused)[0]
 
 
 def normalize_filters(weight: Tensor, eps: float, centered: bool = True, divisor: float = 1.,

@@ -6,7 +6,7 @@ from mmengine.logging import MMLogger
 from torch import Tensor, nn
 
 from .filter_normalize import FilterNorm, normalize_batch
-from .filter_stats import StepStats, fan_in
+from .filter_stats import fan_in
 from .norm_family import is_centered, scale_divisor
 
 
@@ -44,8 +44,8 @@ class NormalizedConv2d(nn.Conv2d):
     its own weight in every forward. As a member of a :class:`~.filter_group.FilterGroup` (a
     WS-ResNet stage groups its convs), it takes its normalized weight from the group while the
     group holds one (for one forward of the group's region). Nothing is cached across calls: the
-    weight is read afresh every forward, so every write to it is seen. The layer owns what an
-    eager forward hands to the ε-shifted step (``step_stats``, see ``filter_stats``).
+    weight is read afresh every forward, so every write to it is seen, and nothing is handed to
+    the ε-shifted step, which computes from the parameter itself.
 
     A depthwise conv (``groups == in_channels > 1``) is left plain by default, as in the paper
     (Sec. 6.7, Table IX: normalizing filters of 9-25 elements costs accuracy): it convolves with
@@ -81,9 +81,6 @@ class NormalizedConv2d(nn.Conv2d):
         #: The group this layer belongs to and its index there (set by the group).
         self.filter_group: Optional[WeightSource] = None
         self.group_index = 0
-        #: The weight's statistics from the last eager forward, until the ε-shifted step takes
-        #: them (valid while the weight's version counter has not moved).
-        self.step_stats: Optional[StepStats] = None
         self._spec: Optional[FilterNorm] = None
         n = fan_in(self.weight)
         if not self.normalizes:
@@ -133,12 +130,11 @@ class NormalizedConv2d(nn.Conv2d):
 
     def normalized_weight(self) -> Tensor:
         """This layer's normalized weight: its group's while the group holds one, else computed
-        now (recording the unit filters for the ε-shifted step when the weight trains)."""
+        now."""
         group = self.filter_group
         if group is not None and group.weights is not None:
             return group.weights[self.group_index]
-        return normalize_batch([self.filter_norm()], [[self.weight]], self.fused,
-                               owners=[[self]])[0][0]
+        return self.normalize(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.normalized_weight() if self.normalizes else self.weight

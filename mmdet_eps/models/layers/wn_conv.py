@@ -42,9 +42,6 @@ class WNConv(NormalizedConv2d):
     def normalize(self, weight: Tensor) -> Tensor:
         return self._scaled(super().normalize(weight))
 
-    def normalized_weight(self) -> Tensor:
-        return self._scaled(super().normalized_weight())
-
 
 @MMDET_MODELS.register_module()  # mmdet's own names ('mmdet.X') keep working
 @MODELS.register_module()  # root: found from every toolbox's scope, or none

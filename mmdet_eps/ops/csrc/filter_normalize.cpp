@@ -8,10 +8,12 @@
 // float's smallest normal number if eps > 0, else 0), W' = u t with
 // t = rstd / (c + eps rstd) = 1 / (c sigma + eps), c = sqrt(n / D).
 //
-// The per-filter means and rstds of all weights are returned concatenated (two tensors); the
-// backward and the step address a weight's filters by an offset into them. Registered as
-// mmdet_eps::normalize_filters, normalize_filters_backward and eps_shift_, so that dispatch
-// (and a TorchDispatchMode op counter) sees one op per call.
+// normalize_filters returns the per-filter means and rstds of all weights concatenated (two
+// tensors) for its backward, which addresses a weight's filters by an offset into them. The
+// step, eps_shift_, needs nothing from a forward: per filter it reduces the row (it fits in
+// L1) and then updates, reading each weight once. Registered as mmdet_eps::normalize_filters,
+// normalize_filters_backward and eps_shift_, so that dispatch (and a TorchDispatchMode op
+// counter) sees one op per call.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -163,15 +165,21 @@ __attribute__((target_clones("avx2", "default"))) void normalize_rows_backward(
   }
 }
 
-// target += a W + b (W - m) rstd, per row
+// target += a W + b (W - m) rstd, per row, with m and rstd = 1 / sqrt(||W - m||^2 / n + tiny)
+// reduced from the row first (m = 0 unless centered): the unit filters of the ε-shifted step
 template <typename T>
 __attribute__((target_clones("avx2", "default"))) void eps_shift_rows(
-    T* target, const T* x, const T* mean, const T* rstd, int64_t begin, int64_t end, int64_t n,
-    double a, double b) {
+    T* target, const T* x, int64_t begin, int64_t end, int64_t n, double a, double b,
+    bool centered) {
+  const double tiny = std::numeric_limits<T>::min();
   for (int64_t row = begin; row < end; ++row) {
-    const double scale = b * rstd[row];
-    axpby_c<T>(target + row * n, target + row * n, x + row * n, n, 1, static_cast<T>(a + scale),
-               static_cast<T>(-scale * mean[row]));
+    const T* xr = x + row * n;
+    const T m = centered ? static_cast<T>(sum_shifted<T>(xr, n, 0) / n) : 0;
+    const T scale = static_cast<T>(b / std::sqrt(sum_sq_shifted<T>(xr, n, m) / n + tiny));
+    const T a_t = static_cast<T>(a);
+    T* tr = target + row * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) tr[i] += a_t * xr[i] + scale * (xr[i] - m);
   }
 }
 
@@ -267,20 +275,17 @@ std::vector<Tensor> normalize_filters_backward(TensorList grads, TensorList weig
   return result;
 }
 
-void eps_shift_(TensorList targets, TensorList weights, TensorList means, TensorList rstds,
-                at::IntArrayRef offsets, at::ArrayRef<double> a, at::ArrayRef<double> b) {
+void eps_shift_(TensorList targets, TensorList weights, at::ArrayRef<double> a,
+                at::ArrayRef<double> b, at::IntArrayRef centered) {
   const char* op = "eps_shift_";
   const size_t size = weights.size();
-  check_sizes(op, size, {targets.size(), means.size(), rstds.size(), offsets.size(), a.size(),
-                         b.size()});
+  check_sizes(op, size, {targets.size(), a.size(), b.size(), centered.size()});
   if (size == 0) return;
   const auto dtype = weights[0].scalar_type();
   for (size_t i = 0; i < size; ++i) {
     check_tensor(op, weights[i], dtype);
     check_tensor(op, targets[i], dtype);
     TORCH_CHECK(targets[i].sizes() == weights[i].sizes(), op, ": target of another shape");
-    check_stats(op, means[i], weights[i], offsets[i], dtype);
-    check_stats(op, rstds[i], weights[i], offsets[i], dtype);
   }
   for (const Tensor& target : targets) {
     target.unsafeGetTensorImpl()->bump_version();  // an in-place write, as torch's ops record
@@ -290,10 +295,8 @@ void eps_shift_(TensorList targets, TensorList weights, TensorList means, Tensor
       const int64_t n = row_size(weights[i]);
       scalar_t* target = write_ptr<scalar_t>(targets[i]);
       const scalar_t* x = read_ptr<scalar_t>(weights[i]);
-      const scalar_t* m = read_ptr<scalar_t>(means[i]) + offsets[i];
-      const scalar_t* r = read_ptr<scalar_t>(rstds[i]) + offsets[i];
       at::parallel_for(0, weights[i].size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
-        eps_shift_rows<scalar_t>(target, x, m, r, begin, end, n, a[i], b[i]);
+        eps_shift_rows<scalar_t>(target, x, begin, end, n, a[i], b[i], centered[i]);
       });
     }
   });
@@ -309,8 +312,8 @@ TORCH_LIBRARY(mmdet_eps, m) {
       "normalize_filters_backward(Tensor[] grads, Tensor[] weights, Tensor mean, Tensor rstd, "
       "int[] offsets, float[] shift, float[] eps, int[] centered) -> Tensor[]");
   m.def(
-      "eps_shift_(Tensor(a!)[] targets, Tensor[] weights, Tensor[] means, Tensor[] rstds, "
-      "int[] offsets, float[] a, float[] b) -> ()");
+      "eps_shift_(Tensor(a!)[] targets, Tensor[] weights, float[] a, float[] b, int[] centered) "
+      "-> ()");
 }
 
 TORCH_LIBRARY_IMPL(mmdet_eps, CPU, m) {
