@@ -45,7 +45,8 @@ DEMO_CONFIG := configs/toy/cascade_rcnn_ws_eps_r18_toy.py
 DEMO_DIR := work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-current test-legacy test-oldest test-matrix lint toy-data benchmarks clean-demo
+.PHONY: setup demo test test-slow test-all test-current test-legacy test-oldest test-matrix lint toy-data \
+	benchmarks clean-demo
 
 setup: $(STAMP)
 
@@ -72,18 +73,26 @@ demo: setup toy-data
 	$(PY) tools/analysis_tools/report.py $(DEMO_DIR) --names cascade_rcnn_ws_eps_r18_toy
 	@echo "Report: $(DEMO_DIR)/report.md, curves: $(DEMO_DIR)/curves.png"
 
+# `make test`: the fast suite a contributor runs many times a day (every module, one tiny step
+# where a slow test trains); `make test-slow`: the trainings, full compiles, benchmark smokes and
+# multi-process runs (pytest marker `slow`); `make test-all`: both.
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
-# The suite again on the other torch lines (each its own venv and mmcv build).
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+# The whole suite again on the other torch lines (each its own venv and mmcv build).
 test-current:
-	$(MAKE) test LANE=current
+	$(MAKE) test-all LANE=current
 
 test-legacy:
-	$(MAKE) test LANE=legacy
+	$(MAKE) test-all LANE=legacy
 
 test-oldest:
-	$(MAKE) test LANE=oldest
+	$(MAKE) test-all LANE=oldest
 
 test-matrix: test-legacy test-current test-oldest
 
