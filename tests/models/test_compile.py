@@ -14,8 +14,6 @@ from mmdet_eps.models.layers.filter_normalize import _backward, _forward
 from mmdet_eps.utils.compat import CUSTOM_OP_API
 from tests.conftest import needs_compile, needs_dynamo
 
-pytestmark = pytest.mark.slow
-
 CONVS = [WSConv, WNConv, CWNConv]
 
 
@@ -97,6 +95,7 @@ def test_layers_compile_without_breaks_and_equal_eager(cls, fused):
                                      torch.randn(2, 4, 9, 9))
 
 
+@pytest.mark.slow
 @needs_compile
 def test_resnet_and_ws_resnet_compile_into_one_graph():
     torch.manual_seed(0)
@@ -117,6 +116,7 @@ def _frames(model, x, **compile_args) -> int:
     return backend.frame_count
 
 
+@pytest.mark.slow
 @needs_compile
 def test_compiled_ws_resnet_is_one_frame_as_mmdet_resnet():
     """``torch.compile(backbone)``: the grouped normalization runs inside the backbone's frame
@@ -134,6 +134,7 @@ def test_compiled_ws_resnet_is_one_frame_as_mmdet_resnet():
             assert all(g.weights is None for gs in model.filter_groups for g in gs.groups)
 
 
+@pytest.mark.slow
 @needs_compile
 @pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('group_by', ['backbone', 'stage'])
@@ -144,6 +145,7 @@ def test_ws_resnet_compiled_gradients_equal_eager(fused, group_by):
     _assert_compiled_equals_eager(model, torch.randn(2, 3, 32, 32))
 
 
+@pytest.mark.slow
 @needs_compile
 def test_ws_resnext_compiles_without_breaks_and_equals_eager():
     torch.manual_seed(0)
@@ -152,6 +154,7 @@ def test_ws_resnext_compiles_without_breaks_and_equals_eager():
         torch.randn(2, 3, 32, 32))
 
 
+@pytest.mark.slow
 @needs_compile
 def test_inductor_compiles_the_grouped_backbone():
     """The real compiler (C++ kernels on the CPU, float64), forward and backward, both paths."""
@@ -162,6 +165,7 @@ def test_inductor_compiles_the_grouped_backbone():
         _assert_compiled_equals_eager(model, x, backend='inductor')
 
 
+@pytest.mark.slow
 @needs_compile
 def test_compiled_bf16_autocast_equals_eager():
     torch.manual_seed(0)

@@ -11,8 +11,6 @@ from torch.torch_version import TorchVersion
 from mmdet_eps.models.backbones import WSResNet
 from tests.conftest import REPO, needs_compile, needs_torch
 
-pytestmark = pytest.mark.slow
-
 TOY_CONFIG = REPO / 'configs/toy/cascade_rcnn_ws_eps_r18_toy.py'
 
 
@@ -62,7 +60,10 @@ def _detector():
     return _calibrated(DetectorTensors(detector), inputs), inputs
 
 
-MODELS_TO_EXPORT = {'ws_resnet': _backbone, 'toy_cascade_rcnn': _detector}
+MODELS_TO_EXPORT = {
+    'ws_resnet': _backbone,
+    'toy_cascade_rcnn': pytest.param(_detector, marks=pytest.mark.slow)
+}
 
 
 def _ops_of(graph_module) -> set:
@@ -81,9 +82,9 @@ def _run_onnx(path, inputs):
 
 
 @needs_compile
-@pytest.mark.parametrize('name', sorted(MODELS_TO_EXPORT))
-def test_torch_export_holds_standard_ops_only(name):
-    model, inputs = MODELS_TO_EXPORT[name]()
+@pytest.mark.parametrize('build', MODELS_TO_EXPORT.values(), ids=MODELS_TO_EXPORT.keys())
+def test_torch_export_holds_standard_ops_only(build):
+    model, inputs = build()
     program = torch.export.export(model, inputs)
     ops = _ops_of(program.graph_module)
     assert ops and not [op for op in ops if 'mmdet_eps' in op]
@@ -92,14 +93,15 @@ def test_torch_export_holds_standard_ops_only(name):
         np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dynamo', [
     pytest.param(True, id='default_exporter',
                  marks=needs_torch('2.5', 'torch.onnx.export(dynamo=True)')),
     pytest.param(False, id='torchscript')])
-@pytest.mark.parametrize('name', sorted(MODELS_TO_EXPORT))
-def test_onnx_export_runs_in_onnxruntime_like_eager(name, dynamo, tmp_path):
-    model, inputs = MODELS_TO_EXPORT[name]()
-    path = tmp_path / f'{name}.onnx'
+@pytest.mark.parametrize('build', MODELS_TO_EXPORT.values(), ids=MODELS_TO_EXPORT.keys())
+def test_onnx_export_runs_in_onnxruntime_like_eager(build, dynamo, tmp_path):
+    model, inputs = build()
+    path = tmp_path / 'model.onnx'
     # torch < 2.5 has the TorchScript exporter only, without the keyword
     chosen = dict(dynamo=dynamo) if TorchVersion(torch.__version__) >= '2.5' else {}
     torch.onnx.export(model, inputs, str(path), **chosen)

@@ -32,7 +32,7 @@ def _outputs_and_grads(model, x):
 
 
 @pytest.mark.parametrize('group_by', ['auto', 'stage', 'backbone', None])
-@pytest.mark.parametrize('depth', [18, 50])
+@pytest.mark.parametrize('depth', [18, pytest.param(50, marks=pytest.mark.slow)])
 @pytest.mark.parametrize('fused', [None, False])
 def test_grouped_backbone_equals_mmcv_convws(group_by, depth, fused):
     ours, ref = _pair(group_by, depth, fused=fused)
@@ -186,6 +186,7 @@ def test_auto_groups_per_stage_in_a_distributed_run(monkeypatch):
     assert WSResNet(depth=18, base_channels=8).group_by == 'stage'
 
 
+@pytest.mark.slow
 def test_grouping_cuts_the_ops_of_a_thin_resnet50():
     """Op counts are deterministic: fwd + bwd of a thin WS-ResNet-50 (the launch-bound regime
     of benchmarks/b8_launch_bound.py) against mmdet's plain ResNet-50."""

@@ -184,7 +184,7 @@ def test_mmpretrain_resnet50(r50, tmp_path):
     assert _check_dst(dst, src, r50, depth=50)['format'] == meta['format'] == 'mmpretrain'
 
 
-@pytest.mark.parametrize('groups,base_width', [(8, 4), (4, 16)])
+@pytest.mark.parametrize('groups,base_width', [(8, 4), pytest.param(4, 16, marks=pytest.mark.slow)])
 def test_resnext_inferred(tmp_path, capsys, groups, base_width):
     source = _source('resnext', 50, groups=groups, base_width=base_width)
     src = save_pytorchinsight(source, tmp_path / 'ws_resnext50.pth.tar')
