@@ -9,6 +9,7 @@ to load that changes between rounds). The ratio of the median times is recorded 
 mmdet, mmengine and the package are imported by :func:`load_package`, not at import time.
 """
 import argparse
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -16,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -77,6 +79,15 @@ def start(description: str, extra: Optional[Callable] = None,
     args = parse_args(description, extra, argv)
     load_package()
     return args, setup_env(args)
+
+
+def load_tool(name: str) -> types.ModuleType:
+    """A script of ``tools/`` as a module, e.g. ``'model_converters/bake_ws'``."""
+    spec = importlib.util.spec_from_file_location(osp.basename(name),
+                                                  osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_backbone(kind: str, depth: int = 50, **kwargs) -> nn.Module:

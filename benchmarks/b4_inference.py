@@ -14,21 +14,11 @@ running stats overflows), then copied, so all three compute on realistic activat
     python benchmarks/b4_inference.py [--quick] [--device cuda]
 """
 import copy
-import importlib.util
-import os.path as osp
 
 import torch
 from torch import nn
 
-from _common import REPO, Report, build_backbone, rel_err, start
-
-
-def load_bake_tool():
-    path = osp.join(REPO, 'tools', 'model_converters', 'bake_ws.py')
-    spec = importlib.util.spec_from_file_location('bake_ws', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _common import Report, build_backbone, load_tool, rel_err, start
 
 
 @torch.no_grad()
@@ -52,7 +42,7 @@ def build(device: str, calib_size: int):
     calibrate_bn(plain, calib_size, device)
     calibrate_bn(ws, calib_size, device)
     baked = copy.deepcopy(ws)
-    n = len(load_bake_tool().bake_module(baked))
+    n = len(load_tool('model_converters/bake_ws').bake_module(baked))
     baked.eval()
     return dict(plain=plain, ws=ws, baked=baked), n
 

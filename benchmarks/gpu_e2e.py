@@ -48,6 +48,7 @@ from _common import (
     format_table,
     interleaved,
     load_package,
+    load_tool,
     paired_ratio,
     parse_args,
     rel_err,
@@ -532,42 +533,8 @@ def profile_variant(model: nn.Module, wrapper, batch: Dict, device: str) -> Dict
 
 # --------------------------------------------------------------------------- 4. tools checks
 
-def write_synthetic_coco(root: str, split: str, num: int, size: Tuple[int, int],
-                         seed: int) -> str:
-    """``num`` images of ``size`` (w, h) with 2-5 filled rectangles each, in COCO layout with
-    COCO's 80 category names; returns the annotation file."""
-    import cv2
-    from mmdet.datasets import CocoDataset
-    classes = CocoDataset.METAINFO['classes']
-    rng = np.random.default_rng(seed)
-    w, h = size
-    os.makedirs(osp.join(root, split), exist_ok=True)
-    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
-    images, annotations = [], []
-    for i in range(num):
-        img = np.full((h, w, 3), rng.integers(60, 200, 3), np.uint8)
-        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-        for _ in range(rng.integers(2, 6)):
-            bw, bh = (rng.uniform(0.15, 0.45, 2) * (w, h)).astype(int)
-            x, y = rng.integers(0, w - bw), rng.integers(0, h - bh)
-            img[y:y + bh, x:x + bw] = rng.integers(0, 255, 3)
-            annotations.append(dict(
-                id=len(annotations) + 1, image_id=i + 1, category_id=int(rng.integers(1, 6)),
-                bbox=[int(x), int(y), int(bw), int(bh)], area=int(bw * bh), iscrowd=0,
-                segmentation=[[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]))
-        name = f'{i:06d}.png'
-        cv2.imwrite(osp.join(root, split, name), img)
-        images.append(dict(id=i + 1, file_name=name, width=w, height=h))
-    ann = osp.join(root, 'annotations', f'instances_{split}.json')
-    with open(ann, 'w') as f:
-        json.dump(dict(images=images, annotations=annotations,
-                       categories=[dict(id=k + 1, name=c) for k, c in enumerate(classes)]), f,
-                  default=int)
-    return ann
-
-
-def tools_config(settings: Settings, root: str, ckpt: str, path: str) -> None:
-    """``cascade_rcnn_ws_eps_r50`` on the synthetic set for the train/test tools: iteration
+def tools_config(settings: Settings, layout: Dict, ckpt: str, path: str) -> None:
+    """``cascade_rcnn_ws_eps_r50`` on the toy set ``layout`` for the train/test tools: iteration
     loop, constant lr scaled for batch 2 (``auto_scale_lr``), every-iteration logging with
     ``WeightNormStatsHook``, starting from the calibrated random init ``ckpt``; test score
     threshold 0, so that the metric has detections to score."""
@@ -575,14 +542,15 @@ def tools_config(settings: Settings, root: str, ckpt: str, path: str) -> None:
     iters = settings.check_iters
     for split, loader in (('train', cfg.train_dataloader), ('val', cfg.test_dataloader)):
         ds = loader.dataset
-        ds.update(data_root=root + '/', ann_file=f'annotations/instances_{split}.json',
-                  data_prefix=dict(img=f'{split}/'))
+        ds.update(data_root=layout['root'] + '/', ann_file=layout[split]['ann_file'],
+                  data_prefix=dict(img=layout[split]['img_dir']),
+                  metainfo=dict(classes=layout['classes']))
         if settings.smoke:
             loader.update(num_workers=0, persistent_workers=False)
             for t in ds.pipeline:
                 if t['type'] == 'Resize':
                     t['scale'] = settings.set_size
-    cfg.test_evaluator.ann_file = osp.join(root, 'annotations', 'instances_val.json')
+    cfg.test_evaluator.ann_file = osp.join(layout['root'], layout['val']['ann_file'])
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters)
     cfg.param_scheduler = None
@@ -621,16 +589,17 @@ def last_json_lines(pattern: str) -> List[Dict]:
 def check_with_tools(settings: Settings, device: str, work: str,
                      deadline: Optional[float]) -> Dict[str, Dict]:
     """Train a few dozen iterations with tools/train.py, evaluate with tools/test.py."""
-    root = osp.join(work, 'coco_synth')
-    write_synthetic_coco(root, 'train', settings.num_train, settings.set_size, seed=0)
-    write_synthetic_coco(root, 'val', settings.num_val, settings.set_size, seed=1)
+    width, height = settings.set_size
+    layout = load_tool('misc/make_toy_coco').make_toy_coco(
+        osp.join(work, 'toy_coco'), settings.num_train, settings.num_val, width=width,
+        height=height, force=True)
     _, model = calibrated_cascade(settings, device)
     ckpt = osp.join(work, 'calibrated_init.pth')
     torch.save(dict(state_dict={k: v.cpu() for k, v in model.state_dict().items()},
                     meta=dict(note='random init, BN calibrated on a synthetic batch')), ckpt)
     del model
     config = osp.join(work, 'cascade_rcnn_ws_eps_r50_synth.py')
-    tools_config(settings, root, ckpt, config)
+    tools_config(settings, layout, ckpt, config)
     train_dir, test_dir = osp.join(work, 'train'), osp.join(work, 'test')
     start = time.time()
     rc = run_tool(['tools/train.py', config, '--work-dir', train_dir],
