@@ -533,6 +533,19 @@ def profile_variant(model: nn.Module, wrapper, batch: Dict, device: str) -> Dict
 
 # --------------------------------------------------------------------------- 4. tools checks
 
+def name_coco_categories(layout: Dict) -> None:
+    """Give the toy set COCO's 80 categories (its 5 shapes are ids 1-5), so that the 80-class
+    detectors' dataset and metric index every label they predict."""
+    from mmdet.datasets import CocoDataset
+    categories = [dict(id=k + 1, name=c) for k, c in enumerate(CocoDataset.METAINFO['classes'])]
+    for split in ('train', 'val'):
+        path = osp.join(layout['root'], layout[split]['ann_file'])
+        with open(path) as f:
+            coco = json.load(f)
+        with open(path, 'w') as f:
+            json.dump(dict(coco, categories=categories), f)
+
+
 def tools_config(settings: Settings, layout: Dict, ckpt: str, path: str) -> None:
     """``cascade_rcnn_ws_eps_r50`` on the toy set ``layout`` for the train/test tools: iteration
     loop, constant lr scaled for batch 2 (``auto_scale_lr``), every-iteration logging with
@@ -543,8 +556,7 @@ def tools_config(settings: Settings, layout: Dict, ckpt: str, path: str) -> None
     for split, loader in (('train', cfg.train_dataloader), ('val', cfg.test_dataloader)):
         ds = loader.dataset
         ds.update(data_root=layout['root'] + '/', ann_file=layout[split]['ann_file'],
-                  data_prefix=dict(img=layout[split]['img_dir']),
-                  metainfo=dict(classes=layout['classes']))
+                  data_prefix=dict(img=layout[split]['img_dir']))
         if settings.smoke:
             loader.update(num_workers=0, persistent_workers=False)
             for t in ds.pipeline:
@@ -593,6 +605,7 @@ def check_with_tools(settings: Settings, device: str, work: str,
     layout = load_tool('misc/make_toy_coco').make_toy_coco(
         osp.join(work, 'toy_coco'), settings.num_train, settings.num_val, width=width,
         height=height, force=True)
+    name_coco_categories(layout)
     _, model = calibrated_cascade(settings, device)
     ckpt = osp.join(work, 'calibrated_init.pth')
     torch.save(dict(state_dict={k: v.cpu() for k, v in model.state_dict().items()},

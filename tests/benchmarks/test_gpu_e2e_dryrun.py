@@ -127,7 +127,7 @@ def test_dry_run_on_cpu(tmp_path):
     for key in ('ws', 'ws population', 'cwn', 'wn', 'ws grouped'):
         assert layers[f'{key} forward'] < 1e-4 and layers[f'{key} weight grad'] < 1e-4
     for family in ('ws', 'cwn', 'wn'):
-        assert layers[f'{family} step after a forward'] < 1e-4 > layers[f'{family} step, cold']
+        assert max(layers[f'{family} step after a forward'], layers[f'{family} step, cold']) < 1e-4
     [bench] = result['benchmarks']
     assert bench['bench'] == 'B4' and all(r['ratio'] > 0 for r in bench['rows'])
     [profile] = result['profile']
