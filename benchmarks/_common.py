@@ -96,7 +96,9 @@ def build_backbone(kind: str, depth: int = 50, **kwargs) -> nn.Module:
     from mmdet.registry import MODELS
     cfg = dict(type=kind, depth=depth, norm_eval=False, frozen_stages=-1)
     cfg.update(kwargs)
-    return MODELS.build(cfg).train()
+    model = MODELS.build(cfg)
+    model.train()  # mmdet's ResNet.train returns None
+    return model
 
 
 def build_optim_wrapper(model: nn.Module, optimizer: Dict, eps_shift: Optional[Dict] = None):
