@@ -6,9 +6,10 @@ candidate always follows the same one), warm-up rounds are discarded, and the ra
 median over rounds of ``t_candidate / t_baseline`` from the same round (a paired ratio, robust
 to load that changes between rounds). The ratio of the median times is recorded too.
 
-Only the standard library and torch are imported here, so the GPU check runs without mmdet.
+mmdet, mmengine and the package are imported by :func:`load_package`, not at import time.
 """
 import argparse
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -16,9 +17,12 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+import types
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RESULTS_DIR = osp.join(REPO, 'benchmarks', 'results')
@@ -51,25 +55,67 @@ def setup_env(args: argparse.Namespace) -> Dict:
     return environment(args)
 
 
-def start(description: str, extra: Optional[Callable] = None,
-          argv: Optional[Sequence[str]] = None, needs_mmdet: str = ''):
-    """Every benchmark's first steps: options, environment, the package (``_torch_only``), quiet
-    logs. ``needs_mmdet``: why the benchmark cannot run torch-only (it then exits saying so).
+def load_package() -> None:
+    """Import this checkout's ``mmdet_eps`` (ahead of any installed copy), register it with mmdet
+    in the default scope, and quiet mmengine's logger and numpy's subnormal warning (which
+    flush-denormal triggers)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    warnings.filterwarnings('ignore', message='The value of the smallest subnormal')
+    from mmdet.utils import register_all_modules
+    from mmengine.logging import MMLogger
 
-    Returns ``(args, env, pkg)``.
+    import mmdet_eps  # noqa: F401  registers the plugin
+    register_all_modules(init_default_scope=True)
+    MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
+
+
+def start(description: str, extra: Optional[Callable] = None,
+          argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Dict]:
+    """Every benchmark's first steps: options, the package, the environment.
+
+    Returns ``(args, env)``.
     """
-    from _torch_only import load_package, quiet_warnings
     args = parse_args(description, extra, argv)
-    env = setup_env(args)
-    quiet_warnings()
-    pkg = load_package()
-    env['torch_only'] = pkg.torch_only
-    if pkg.torch_only and needs_mmdet:
-        raise SystemExit(f'{description.split(":")[0]} {needs_mmdet}; skipped')
-    if not pkg.torch_only:
-        from mmengine.logging import MMLogger
-        MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
-    return args, env, pkg
+    load_package()
+    return args, setup_env(args)
+
+
+def load_tool(name: str) -> types.ModuleType:
+    """A script of ``tools/`` as a module, e.g. ``'model_converters/bake_ws'``."""
+    spec = importlib.util.spec_from_file_location(osp.basename(name),
+                                                  osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_backbone(kind: str, depth: int = 50, **kwargs) -> nn.Module:
+    """mmdet's ``ResNet`` or ``WSResNet`` (``kind``) in train mode, BN training, every stage
+    trainable unless ``kwargs`` say otherwise."""
+    from mmdet.registry import MODELS
+    cfg = dict(type=kind, depth=depth, norm_eval=False, frozen_stages=-1)
+    cfg.update(kwargs)
+    model = MODELS.build(cfg)
+    model.train()  # mmdet's ResNet.train returns None
+    return model
+
+
+def build_optim_wrapper(model: nn.Module, optimizer: Dict, eps_shift: Optional[Dict] = None):
+    """What a config's ``optim_wrapper`` builds: mmengine's default constructor, or with
+    ``eps_shift`` (its ``paramwise_cfg`` entry) ``EpsShiftedOptimWrapperConstructor``."""
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    cfg = dict(type='DefaultOptimWrapperConstructor',
+               optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=optimizer))
+    if eps_shift is not None:
+        cfg.update(type='EpsShiftedOptimWrapperConstructor',
+                   paramwise_cfg=dict(eps_shift=eps_shift))
+    return OPTIM_WRAPPER_CONSTRUCTORS.build(cfg)(model)
+
+
+def backbone_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A scalar from every stage output, so that the whole backbone runs backward."""
+    return sum(o.float().mean() for o in model(x))
 
 
 def load_average() -> Optional[List[float]]:
@@ -163,30 +209,37 @@ def interleaved(fns: Dict[str, Callable[[], object]], baseline: str, rounds: int
     base = times[baseline]
     out = {}
     for name in names:
-        ratios = sorted(t / b for t, b in zip(times[name], base))
         cpu_ratios = [t / b for t, b in zip(cpu[name], cpu[baseline]) if b > 0]
+        paired = paired_ratio(times[name], base)
         out[name] = dict(
             times=[round(t, 6) for t in times[name]],
             cpu_times=[round(t, 6) for t in cpu[name]],
             cpu_ratio=statistics.median(cpu_ratios) if cpu_ratios else float('nan'),
             median_s=statistics.median(times[name]),
             min_s=min(times[name]),
-            ratio=statistics.median(ratios),
-            ratio_q1=_quantile(ratios, 0.25),
-            ratio_q3=_quantile(ratios, 0.75),
+            ratio=paired['ratio'],
+            ratio_q1=paired['q1'],
+            ratio_q3=paired['q3'],
             ratio_of_medians=statistics.median(times[name]) / statistics.median(base),
             ratio_of_mins=min(times[name]) / min(base),
         )
     return out
 
 
-def _quantile(sorted_values: List[float], q: float) -> float:
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = q * (len(sorted_values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+def paired_ratio(times: Sequence[float], base: Sequence[float]) -> Dict[str, float]:
+    """Median and quartiles of the per-round ratios ``times[i] / base[i]``."""
+    ratios = [t / b for t, b in zip(times, base)]
+    if len(ratios) == 1:
+        return dict(ratio=ratios[0], q1=ratios[0], q3=ratios[0])
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    return dict(ratio=median, q1=q1, q3=q3)
+
+
+def rel_err(value: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude (float64)."""
+    ref = ref.detach().double().cpu()
+    diff = (value.detach().double().cpu() - ref).abs().max()
+    return (diff / ref.abs().max().clamp_min(1e-300)).item()
 
 
 class Report:
@@ -215,6 +268,15 @@ class Report:
                     row['goal'] = f'>= {goal_min_speedup:.1f}x faster'
                     row['goal_met'] = bool(1. / t['ratio'] >= goal_min_speedup)
             self.rows.append(row)
+
+    def time(self, fns: Dict[str, Callable[[], object]], baseline: str, rounds: int,
+             warmup: int = 2, quick_warmup: int = 1, **kwargs) -> Dict[str, Dict]:
+        """:func:`interleaved` on the run's device with ``rounds`` and ``warmup`` unless
+        ``--rounds`` / ``--warmup`` say otherwise (``--quick``: 2 rounds, ``quick_warmup``)."""
+        args = self.args
+        return interleaved(fns, baseline, rounds_for(args, rounds),
+                           warmup=warmup_for(args, warmup, quick_warmup), device=args.device,
+                           **kwargs)
 
     def note(self, text: str) -> None:
         print(f'  note: {text}', flush=True)

@@ -10,20 +10,14 @@ Candidates, each its own model with the same initial weights:
 - ``timm_stdconv``: anchor, a timm-style ``StdConv2d`` (``F.batch_norm`` on the weight viewed as
   ``(1, C_out, n)``: different numerics - biased variance, eps inside the sqrt).
 
-Without mmdet (the GPU machine) the backbone is ``_torch_only.TorchResNet`` (same layout and
-convs) with the package's WSConv, and the mmcv anchor is a copy of mmcv's ``conv_ws_2d``.
-
     python benchmarks/b1_backbone.py [--quick] [--device cuda] [--batch 2] [--sizes 320 1344x800]
 """
-import os.path as osp
-import sys
+from typing import Callable, Dict
 
 import torch
 from torch import nn
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, parse_size, rounds_for, start, warmup_for  # noqa: E402
-from _torch_only import MMCVStyleConvWS2d, StdConv2d, TorchResNet  # noqa: E402
+from _common import Report, backbone_loss, build_backbone, parse_size, start
 
 LABELS = {
     'plain': 'ResNet-50, plain convs',
@@ -33,46 +27,43 @@ LABELS = {
 }
 
 
-def register_anchor():
-    """Make the timm-style anchor buildable from a ``conv_cfg`` (benchmark only)."""
+class StdConv2d(nn.Conv2d):
+    """timm-style weight standardization (the anchor, not the package's layer): the weight viewed
+    as ``(1, C_out, n)`` through ``F.batch_norm(training=True)``: one fused kernel each way,
+    biased variance, eps inside the sqrt."""
+
+    def __init__(self, *args, eps: float = 1e-6, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = nn.functional.batch_norm(
+            self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+            momentum=0., eps=self.eps).reshape_as(self.weight)
+        return self._conv_forward(x, w, self.bias)
+
+
+def build_backbones(depth: int = 50) -> Dict[str, nn.Module]:
+    """``{name: nn.Module}`` in train mode with identical initial weights."""
     from mmdet.registry import MODELS
     MODELS.register_module('BenchStdConv2d', module=StdConv2d, force=True)
-
-
-def build_backbones(pkg, depth: int = 50):
-    """``{name: nn.Module}`` in train mode with identical initial weights."""
-    if pkg.torch_only:
-        models = {
-            'plain': TorchResNet(depth, nn.Conv2d),
-            'ws': TorchResNet(depth, pkg.WSConv),
-            'mmcv_convws': TorchResNet(depth, MMCVStyleConvWS2d),
-            'timm_stdconv': TorchResNet(depth, StdConv2d),
-        }
-    else:
-        from mmdet.registry import MODELS
-        register_anchor()
-        common = dict(depth=depth, norm_eval=False, frozen_stages=-1, out_indices=(0, 1, 2, 3))
-        models = {
-            'plain': MODELS.build(dict(type='ResNet', **common)),
-            'ws': MODELS.build(dict(type='WSResNet', **common)),
-            'mmcv_convws': MODELS.build(dict(type='ResNet', conv_cfg=dict(type='ConvWS'),
-                                             **common)),
-            'timm_stdconv': MODELS.build(dict(type='ResNet', conv_cfg=dict(type='BenchStdConv2d'),
-                                              **common)),
-        }
+    models = {
+        'plain': build_backbone('ResNet', depth),
+        'ws': build_backbone('WSResNet', depth),
+        'mmcv_convws': build_backbone('ResNet', depth, conv_cfg=dict(type='ConvWS')),
+        'timm_stdconv': build_backbone('ResNet', depth, conv_cfg=dict(type='BenchStdConv2d')),
+    }
     state = models['plain'].state_dict()
     for model in models.values():
         model.load_state_dict(state)
-        model.train()
     return models
 
 
-def train_step(model: nn.Module, x: torch.Tensor):
+def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def step():
         for p in model.parameters():
             p.grad = None
-        outs = model(x)
-        sum(o.float().mean() for o in outs).backward()
+        backbone_loss(model, x).backward()
     return step
 
 
@@ -84,21 +75,18 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
+    args, env = start(__doc__.splitlines()[0], extra_args, argv)
     report = Report('B1', f'ResNet-{args.depth} backbone forward+backward, WS vs plain', args,
                     env, goal='ws <= 1.03x plain')
     sizes = args.sizes or (['64'] if args.quick else ['320', '512'])
-    models = {k: m.to(args.device) for k, m in build_backbones(pkg, args.depth).items()}
+    models = {k: m.to(args.device) for k, m in build_backbones(args.depth).items()}
     for size in sizes:
         torch.manual_seed(0)
         height, width = parse_size(size)
         x = torch.randn(args.batch, 3, height, width, device=args.device)
-        default_rounds = 15 if height * width <= 320 * 320 else 9
-        if args.device.startswith('cuda'):
-            default_rounds = 30
-        timings = interleaved({k: train_step(m, x) for k, m in models.items()}, 'plain',
-                              rounds_for(args, default_rounds), warmup=warmup_for(args),
-                              device=args.device, label=f'B1 {size}')
+        rounds = 30 if args.device.startswith('cuda') else 15 if height * width <= 320**2 else 9
+        timings = report.time({k: train_step(m, x) for k, m in models.items()}, 'plain',
+                              rounds, label=f'B1 {size}')
         report.add(f'batch {args.batch}, {width}x{height}', timings, 'plain', labels=LABELS,
                    goal_for='ws', goal_max=1.03, batch=args.batch, size=size)
     report.finish()

@@ -17,24 +17,14 @@ gradients. Candidates, each with its own copy of the parameters:
 - ``lsgd_loop``: anchor, the authors' LSGD style: a Python loop over tensors that adds the term
   to each 4-D weight's gradient and does the momentum update tensor by tensor.
 
-Without mmdet (the GPU machine) the backbone is ``_torch_only.TorchResNet`` with the package's
-WSConv and the constructor's three groups are rebuilt by hand (WS weights: ε-shifted, their λW
-left to the optimizer's own decay as the constructor does; BN weights: decay; biases: no
-decay); the hook is the package's ``EpsShiftStep``.
-
     python benchmarks/b2_optimizer_step.py [--quick] [--device cuda]
 """
 import copy
-import os.path as osp
-import statistics
-import sys
 
 import torch
 from torch import nn
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
-from _torch_only import TorchResNet  # noqa: E402
+from _common import Report, build_backbone, build_optim_wrapper, paired_ratio, start
 
 LR, MOMENTUM, WD, EPS = 0.01, 0.9, 1e-4, 1e-3
 ADAMW = dict(lr=1e-4, weight_decay=0.05)
@@ -73,43 +63,6 @@ class LSGDLoop(torch.optim.Optimizer):
                 p.add_(buf, alpha=-group['lr'])
 
 
-def build_backbone(depth: int, pkg, device: str) -> nn.Module:
-    if pkg.torch_only:
-        return TorchResNet(depth, conv=pkg.WSConv).to(device)
-    from mmdet.registry import MODELS
-    return MODELS.build(dict(type='WSResNet', depth=depth, norm_eval=False)).to(device)
-
-
-def eps_optimizer(model: nn.Module, pkg, optimizer: dict, mode: str) -> torch.optim.Optimizer:
-    """The constructor's optimizer (with mmdet), or the same groups and hook by hand."""
-    if not pkg.torch_only:
-        from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
-        constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
-            type='EpsShiftedOptimWrapperConstructor',
-            optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=optimizer),
-            paramwise_cfg=dict(eps_shift=dict(eps=EPS, mode=mode))))
-        return constructor(model).optimizer
-    reg = pkg.regularizer
-    kwargs = {k: v for k, v in optimizer.items() if k != 'type'}
-    wd = kwargs['weight_decay']
-    ws_weights = [m.weight for m in model.modules() if getattr(m, 'norm_family', None)]
-    ids = {id(p) for p in ws_weights}
-    decayed, biases = [], []
-    for name, p in model.named_parameters():
-        if id(p) in ids:
-            continue
-        (biases if name.endswith('bias') else decayed).append(p)
-    groups = [
-        {'params': ws_weights, 'weight_decay': wd, reg.FAMILY_KEY: 'ws', reg.LAMBDA_KEY: wd,
-         reg.EPS_KEY: EPS, reg.MODE_KEY: mode},
-        {'params': decayed},
-        {'params': biases, 'weight_decay': 0.},
-    ]
-    opt = getattr(torch.optim, optimizer['type'])(groups, **kwargs)
-    opt.register_step_pre_hook(reg.EpsShiftStep())
-    return opt
-
-
 def forward_statistics(model: nn.Module):
     """What a training forward pass does to the WS weights (normalize them with autograd,
     recording their unit filters), without the convolutions: run untimed before a timed step."""
@@ -121,27 +74,22 @@ def forward_statistics(model: nn.Module):
     return run
 
 
-def paired(times_a, times_b) -> float:
-    return statistics.median(a / b for a, b in zip(times_a, times_b))
-
-
 def extra_args(parser):
     parser.add_argument('--depths', type=int, nargs='+', default=None,
                         help='ResNet depths (default 50 101; 50 with --quick)')
 
 
 def main(argv=None):
-    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
+    args, env = start(__doc__.splitlines()[0], extra_args, argv)
     report = Report('B2', 'optimizer step: SGD + ε-shifted term (constructor) vs plain SGD+wd',
                     args, env, goal='eps_sgd <= 1.20x sgd_wd')
     device = args.device
     depths = args.depths or ([50] if args.quick else [50, 101])
-    rounds = rounds_for(args, default=25, quick=2)
     inner = 10 if device.startswith('cuda') else 1
     sgd = dict(type='SGD', lr=LR, momentum=MOMENTUM, weight_decay=WD)
     for depth in depths:
         torch.manual_seed(0)
-        base = build_backbone(depth, pkg, device)
+        base = build_backbone('WSResNet', depth).to(device)
         for p in base.parameters():
             p.grad = torch.randn_like(p) * 1e-3
 
@@ -151,28 +99,26 @@ def main(argv=None):
                 p.grad = q.grad.clone()
             return model
 
-        eps_model = clone()
+        eps_model, adamw_model = clone(), clone()
+        coupled, decoupled = dict(eps=EPS, mode='coupled'), dict(eps=EPS, mode='decoupled')
         opts = {
             'sgd_wd': torch.optim.SGD(clone().parameters(), lr=LR, momentum=MOMENTUM,
                                       weight_decay=WD),
-            'eps_sgd': eps_optimizer(eps_model, pkg, sgd, 'coupled'),
-            'eps_sgd_cold': eps_optimizer(clone(), pkg, sgd, 'coupled'),
+            'eps_sgd': build_optim_wrapper(eps_model, sgd, coupled).optimizer,
+            'eps_sgd_cold': build_optim_wrapper(clone(), sgd, coupled).optimizer,
+            'eps_groups_no_term': build_optim_wrapper(clone(), sgd, coupled).optimizer,
         }
-        adamw_model = clone()
-        no_term = eps_optimizer(clone(), pkg, sgd, 'coupled')
-        no_term._optimizer_step_pre_hooks.clear()
-        opts['eps_groups_no_term'] = no_term
+        opts['eps_groups_no_term']._optimizer_step_pre_hooks.clear()
         opts['adamw'] = torch.optim.AdamW(clone().parameters(), **ADAMW)
-        opts['eps_adamw'] = eps_optimizer(adamw_model, pkg, dict(type='AdamW', **ADAMW),
-                                          'decoupled')
+        adamw = dict(type='AdamW', **ADAMW)
+        opts['eps_adamw'] = build_optim_wrapper(adamw_model, adamw, decoupled).optimizer
         opts['lsgd_loop'] = LSGDLoop(clone().parameters(), LR, MOMENTUM, WD, EPS)
         n_params = sum(p.numel() for p in base.parameters())
         n_groups = len(opts['eps_sgd'].param_groups)
         print(f'B2 WS-ResNet-{depth}: {n_params / 1e6:.1f}M parameters, constructor groups: '
               f'{n_groups}', flush=True)
-        timings = interleaved({k: o.step for k, o in opts.items()}, 'sgd_wd', rounds,
-                              warmup=warmup_for(args, 3), device=device, inner=inner,
-                              label=f'B2 R{depth}',
+        timings = report.time({k: o.step for k, o in opts.items()}, 'sgd_wd', 25, warmup=3,
+                              inner=inner, label=f'B2 R{depth}',
                               prepare={'eps_sgd': forward_statistics(eps_model),
                                        'eps_adamw': forward_statistics(adamw_model)})
         report.add(f'WS-ResNet-{depth}', timings, 'sgd_wd', goal_for='eps_sgd', goal_max=1.20,
@@ -183,7 +129,7 @@ def main(argv=None):
                            'adamw': 'AdamW (plain)', 'eps_adamw': 'AdamW + ε-shift decoupled',
                            'lsgd_loop': 'anchor: per-tensor loop (LSGD)'},
                    params=n_params, param_groups=n_groups)
-        vs_adamw = paired(timings['eps_adamw']['times'], timings['adamw']['times'])
+        vs_adamw = paired_ratio(timings['eps_adamw']['times'], timings['adamw']['times'])['ratio']
         report.note(f'R{depth}: eps_adamw / adamw (paired median) = {vs_adamw:.3f}x')
         report.rows[-1]['eps_adamw_vs_adamw'] = vs_adamw
         del opts

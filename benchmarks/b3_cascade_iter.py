@@ -22,12 +22,10 @@ stay finite.
 import copy
 import math
 import os.path as osp
-import sys
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import REPO, Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
+from _common import REPO, Report, start
 
 CONFIG = osp.join(REPO, 'configs', 'toy', 'cascade_rcnn_ws_eps_r18_toy.py')
 LR = 0.002
@@ -51,11 +49,8 @@ def make_batch(batch_size: int, num_classes: int, size=(128, 160)):
 
 
 def main(argv=None):
-    args, env, pkg = start(__doc__.splitlines()[0], argv=argv,
-                           needs_mmdet='needs mmdet (it times a whole detector)')
+    args, env = start(__doc__.splitlines()[0], argv=argv)
     from mmengine.config import Config
-    from mmengine.logging import MMLogger
-    MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
     cfg = Config.fromfile(CONFIG)
     report = Report('B3', 'toy Cascade R-CNN training iteration (train_step), WS + ε vs plain',
                     args, env, goal='ws_eps <= 1.05x plain')
@@ -87,9 +82,7 @@ def main(argv=None):
             losses[name] = float(log_vars['loss'])
         return run
 
-    timings = interleaved({k: step(k) for k in candidates}, 'plain',
-                          rounds_for(args, 20), warmup=warmup_for(args, 3), device=args.device,
-                          label='B3')
+    timings = report.time({k: step(k) for k in candidates}, 'plain', 20, warmup=3, label='B3')
     report.add(f'toy Cascade R-CNN R-18, batch {batch_size}, 128x160', timings, 'plain',
                labels={'plain': 'ResNet-18 + default constructor',
                        'ws_eps': 'WSResNet-18 + ε-shift constructor (the toy config)',

@@ -10,29 +10,15 @@ ResNet-50 backbones in eval mode, batch 2, 320x320 and 512x512:
 
 BN running statistics are first calibrated on random inputs (a fresh WS backbone with default
 running stats overflows), then copied, so all three compute on realistic activations.
-Without mmdet the backbones are ``_torch_only.TorchResNet``.
 
     python benchmarks/b4_inference.py [--quick] [--device cuda]
 """
 import copy
-import importlib.util
-import os.path as osp
-import sys
 
 import torch
 from torch import nn
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import REPO, Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
-from _torch_only import TorchResNet  # noqa: E402
-
-
-def load_bake_tool():
-    path = osp.join(REPO, 'tools', 'model_converters', 'bake_ws.py')
-    spec = importlib.util.spec_from_file_location('bake_ws', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _common import Report, build_backbone, load_tool, rel_err, start
 
 
 @torch.no_grad()
@@ -49,20 +35,14 @@ def calibrate_bn(model: nn.Module, size: int, device: str) -> None:
     model.eval()
 
 
-def build(pkg, device: str, calib_size: int):
-    if pkg.torch_only:
-        plain, ws = TorchResNet(50, nn.Conv2d), TorchResNet(50, pkg.WSConv)
-    else:
-        from mmdet.registry import MODELS
-        common = dict(depth=50, norm_eval=False, frozen_stages=-1, out_indices=(0, 1, 2, 3))
-        plain = MODELS.build(dict(type='ResNet', **common))
-        ws = MODELS.build(dict(type='WSResNet', **common))
+def build(device: str, calib_size: int):
+    plain, ws = build_backbone('ResNet'), build_backbone('WSResNet')
     ws.load_state_dict(plain.state_dict())
     plain, ws = plain.to(device), ws.to(device)
     calibrate_bn(plain, calib_size, device)
     calibrate_bn(ws, calib_size, device)
     baked = copy.deepcopy(ws)
-    n = len(load_bake_tool().bake_module(baked))
+    n = len(load_tool('model_converters/bake_ws').bake_module(baked))
     baked.eval()
     return dict(plain=plain, ws=ws, baked=baked), n
 
@@ -73,18 +53,17 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
+    args, env = start(__doc__.splitlines()[0], extra_args, argv)
     report = Report('B4', 'eval inference (no_grad): WS and baked vs plain', args, env,
                     goal='ws and baked: 1.00x within noise')
     sizes = args.sizes or ([64] if args.quick else [320, 512])
-    models, n_baked = build(pkg, args.device, min(sizes))
+    models, n_baked = build(args.device, min(sizes))
     report.note(f'baked {n_baked} WSConv into nn.Conv2d')
     with torch.no_grad():
         x = torch.randn(1, 3, min(sizes), min(sizes), device=args.device)
         ref = models['ws'](x)
         got = models['baked'](x)
-        diff = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
-                   for a, b in zip(ref, got))
+        diff = max(rel_err(b, a) for a, b in zip(ref, got))
     report.note(f'baked vs WS outputs: max relative difference {diff:.2e}')
     for size in sizes:
         torch.manual_seed(0)
@@ -95,10 +74,9 @@ def main(argv=None):
                 with torch.no_grad():
                     model(x)
             return run
-        default = 40 if args.device.startswith('cuda') else (20 if size <= 320 else 12)
-        timings = interleaved({k: infer(m) for k, m in models.items()}, 'plain',
-                              rounds_for(args, default), warmup=warmup_for(args),
-                              device=args.device, label=f'B4 {size}')
+        rounds = 40 if args.device.startswith('cuda') else (20 if size <= 320 else 12)
+        timings = report.time({k: infer(m) for k, m in models.items()}, 'plain', rounds,
+                              label=f'B4 {size}')
         report.add(f'batch {args.batch}, {size}x{size}', timings, 'plain',
                    labels={'plain': 'ResNet-50, plain convs',
                            'ws': 'WSResNet-50, eval (weights standardized per forward)',

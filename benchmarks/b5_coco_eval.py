@@ -22,13 +22,11 @@ import functools
 import io
 import json
 import os.path as osp
-import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
+from _common import Report, start
 
 NUM_CLASSES = 80
 
@@ -134,8 +132,7 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
-    env = setup_env(args)
+    args, env = start(__doc__.splitlines()[0], extra_args, argv)
     import faster_coco_eval
     import pycocotools
     env.update(faster_coco_eval=faster_coco_eval.__version__,
@@ -151,9 +148,8 @@ def main(argv=None):
             json.dump(gt, f)
         ref_run, ref = coco_eval(gt_file, dets, fast=False)
         fast_run, fast = coco_eval(gt_file, dets, fast=True)
-        rounds = rounds_for(args, 3, quick=2)
-        timings = interleaved(dict(pycocotools=ref_run, faster_coco_eval=fast_run),
-                              'pycocotools', rounds, warmup=warmup_for(args, 0, 0), label='B5')
+        timings = report.time(dict(pycocotools=ref_run, faster_coco_eval=fast_run),
+                              'pycocotools', 3, warmup=0, quick_warmup=0, label='B5')
         diff = float(np.abs(ref['stats'] - fast['stats']).max())
         report.add(f'{images} images, {len(dets)} dets, {len(gt["annotations"])} GT',
                    timings, 'pycocotools',
@@ -169,8 +165,8 @@ def main(argv=None):
         if not args.no_mmdet:
             off_run, off = mmdet_metric(gt_file, dets, fast=False)
             on_run, on = mmdet_metric(gt_file, dets, fast=True)
-            timings = interleaved({'CocoMetric': off_run, 'FastCocoMetric': on_run},
-                                  'CocoMetric', rounds, warmup=warmup_for(args, 0, 0),
+            timings = report.time({'CocoMetric': off_run, 'FastCocoMetric': on_run},
+                                  'CocoMetric', 3, warmup=0, quick_warmup=0,
                                   label='B5 mmdet')
             keys = sorted(off['metrics'])
             mdiff = max(abs(off['metrics'][k] - on['metrics'][k]) for k in keys)

@@ -13,14 +13,11 @@ iteration averaged over an interval is ``(ratio - 1) / interval``.
 
     python benchmarks/b6_stats_hook.py [--quick]
 """
-import os.path as osp
-import sys
 import types
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
+from _common import Report, backbone_loss, build_backbone, build_optim_wrapper, start
 
 INTERVAL = 50
 
@@ -34,22 +31,14 @@ def stand_in_runner(model, optim_wrapper):
 
 
 def main(argv=None):
-    args, env, pkg = start(__doc__.splitlines()[0], argv=argv,
-                           needs_mmdet='needs mmdet/mmengine (it times an mmengine hook)')
-    try:
-        from mmdet_eps.engine.hooks import WeightNormStatsHook
-    except ImportError as err:
-        raise SystemExit(f'B6: WeightNormStatsHook is not available ({err}); skipped')
-    from mmdet.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.logging import MMLogger
-    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
-    MMLogger.get_instance('mmdet_eps_bench', log_level='WARNING')
+    args, env = start(__doc__.splitlines()[0], argv=argv)
     import b3_cascade_iter as b3
+    from mmengine.config import Config
+
+    from mmdet_eps.engine.hooks import WeightNormStatsHook
 
     report = Report('B6', f'WeightNormStatsHook on a logged iteration (every {INTERVAL})', args,
                     env, goal='report only')
-    rounds = rounds_for(args, 15)
 
     def compare(case, step, model, wrapper):
         hook = WeightNormStatsHook(interval=INTERVAL)
@@ -59,8 +48,8 @@ def main(argv=None):
         def with_hook():
             step()
             hook.after_train_iter(runner, batch_idx=INTERVAL - 1)
-        timings = interleaved({'iter': step, 'iter+hook': with_hook}, 'iter', rounds,
-                              warmup=warmup_for(args), label=f'B6 {case}')
+        timings = report.time({'iter': step, 'iter+hook': with_hook}, 'iter', 15,
+                              label=f'B6 {case}')
         ratio = timings['iter+hook']['ratio']
         n_layers = len(hook._normalized_modules(runner))
         report.add(case, timings, 'iter',
@@ -84,21 +73,14 @@ def main(argv=None):
     compare('toy Cascade R-CNN R-18 (B3 setting)', cascade_step, model, wrapper)
 
     # 2. WS-ResNet-50 backbone, forward + backward + step
-    backbone = MODELS.build(dict(type='WSResNet', depth=50, norm_eval=False, frozen_stages=-1))
-    backbone.train()
-    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
-        type='EpsShiftedOptimWrapperConstructor',
-        optim_wrapper_cfg=dict(type='OptimWrapper',
-                               optimizer=dict(type='SGD', lr=1e-3, momentum=0.9,
-                                              weight_decay=1e-4)),
-        paramwise_cfg=dict(eps_shift=dict(eps=1e-3))))
-    bb_wrapper = constructor(backbone)
+    backbone = build_backbone('WSResNet')
+    sgd = dict(type='SGD', lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    bb_wrapper = build_optim_wrapper(backbone, sgd, dict(eps=1e-3))
     size = 64 if args.quick else 320
     x = torch.randn(2, 3, size, size)
 
     def backbone_step():
-        loss = sum(o.mean() for o in backbone(x))
-        bb_wrapper.update_params(loss)
+        bb_wrapper.update_params(backbone_loss(backbone, x))
     compare(f'WS-ResNet-50 backbone, batch 2, {size}x{size}', backbone_step, backbone, bb_wrapper)
     report.finish()
     return report

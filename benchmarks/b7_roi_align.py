@@ -11,14 +11,9 @@ P2 map (200x336, above ``max_dense_area``) checks that large maps fall back to m
 
     python benchmarks/b7_roi_align.py [--quick]
 """
-import os.path as osp
-import sys
-
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, parse_args, rounds_for, setup_env, warmup_for  # noqa
-from _torch_only import quiet_warnings  # noqa: E402
+from _common import Report, start
 
 
 def toy_rois(num_per_img: int, num_imgs: int, width: float, height: float) -> torch.Tensor:
@@ -32,9 +27,7 @@ def toy_rois(num_per_img: int, num_imgs: int, width: float, height: float) -> to
 
 
 def main(argv=None):
-    args = parse_args(__doc__.splitlines()[0], argv=argv)
-    env = setup_env(args)
-    quiet_warnings()
+    args, env = start(__doc__.splitlines()[0], argv=argv)
     from mmcv.ops import RoIAlign
 
     from mmdet_eps.models.roi_extractors import DenseRoIAlign
@@ -59,8 +52,7 @@ def main(argv=None):
                 def run():
                     layer(feats, rois).backward(grad)
                 return run
-            timings = interleaved({k: fwd_bwd(m) for k, m in layers.items()}, 'mmcv',
-                                  rounds_for(args, 30), warmup=warmup_for(args),
+            timings = report.time({k: fwd_bwd(m) for k, m in layers.items()}, 'mmcv', 30,
                                   label=f'B7 {case} sr={sampling_ratio}')
             report.add(f'{case}, sampling_ratio={sampling_ratio}', timings, 'mmcv',
                        labels={'mmcv': 'mmcv.ops.RoIAlign', 'dense': 'DenseRoIAlign'})

@@ -27,15 +27,12 @@ Each is run with ``frozen_stages`` -1 and 1 (mmdet's setting). Reported: aten op
     python benchmarks/b8_launch_bound.py [--quick] [--device cuda] [--size 32] [--width 4]
 """
 import contextlib
-import os.path as osp
-import sys
+from typing import Callable
 
 import torch
 from torch import nn
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, parse_size, rounds_for, start, warmup_for  # noqa: E402
-from _torch_only import MMCVStyleConvWS2d, TorchResNet  # noqa: E402
+from _common import Report, backbone_loss, build_backbone, build_optim_wrapper, parse_size, start
 
 SGD = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4, foreach=True)
 EPS = 1e-3
@@ -51,63 +48,21 @@ LABELS = {
 }
 
 
-def build(name: str, pkg, depth: int, width: int, frozen: int) -> nn.Module:
+def build(name: str, depth: int, width: int, frozen: int) -> nn.Module:
     """The backbone of candidate ``name``."""
+    common = dict(depth=depth, base_channels=width, frozen_stages=frozen)
+    if name in ('plain', 'mmcv_convws'):
+        conv_cfg = dict(type='ConvWS') if name == 'mmcv_convws' else None
+        return build_backbone('ResNet', conv_cfg=conv_cfg, **common)
     group_by = {'ws_eps_stage': 'stage', 'ws_eps_per_conv': None}.get(name, 'auto')
     fused = False if name in ('ws_eps_torch', 'ws_eps_autograd') else None
-    if pkg.torch_only:
-        conv = {'plain': nn.Conv2d, 'mmcv_convws': MMCVStyleConvWS2d}.get(name, pkg.WSConv)
-        model = TorchResNet(depth, conv, width)
-        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
-        regions = {'stage': [(model, [model.conv1, model.layer1])] + stages[1:],
-                   'auto': [model], None: []}[group_by]  # 'auto' in one process: 'backbone'
-        model.filter_groups = pkg.group_normalized_convs(regions, fused)
-        for module in model.modules():
-            if fused is not None and hasattr(module, 'fused'):
-                module.fused = fused
-        if frozen >= 0:  # as mmdet's ResNet._freeze_stages: the stem, then stages 1..frozen
-            for module in [model.conv1, model.bn1] + stages[:frozen]:
-                module.eval().requires_grad_(False)
-        return model
-    from mmdet.registry import MODELS
-    common = dict(depth=depth, base_channels=width, norm_eval=False, frozen_stages=frozen)
-    if name == 'plain':
-        return MODELS.build(dict(type='ResNet', **common))
-    if name == 'mmcv_convws':
-        return MODELS.build(dict(type='ResNet', conv_cfg=dict(type='ConvWS'), **common))
-    return MODELS.build(dict(type='WSResNet', group_by=group_by, fused=fused, **common))
-
-
-def optimizer(name: str, model: nn.Module, pkg) -> torch.optim.Optimizer:
-    eps = name.startswith('ws_eps')
-    if pkg.torch_only:
-        params = [p for p in model.parameters() if p.requires_grad]
-        kwargs = {k: v for k, v in SGD.items() if k != 'type'}
-        if not eps:
-            return torch.optim.SGD(params, **kwargs)
-        reg = pkg.regularizer
-        ws = [m.weight for m in model.modules()
-              if getattr(m, 'norm_family', None) and m.weight.requires_grad]
-        ids = {id(p) for p in ws}
-        rest = [p for p in params if id(p) not in ids]
-        opt = torch.optim.SGD([{'params': ws, reg.FAMILY_KEY: 'ws', reg.LAMBDA_KEY: SGD[
-            'weight_decay'], reg.EPS_KEY: EPS, reg.MODE_KEY: 'coupled'}, {'params': rest}],
-            **kwargs)
-        opt.register_step_pre_hook(reg.EpsShiftStep())
-        return opt
-    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
-    cfg = dict(type='EpsShiftedOptimWrapperConstructor' if eps else
-               'DefaultOptimWrapperConstructor',
-               optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=SGD))
-    if eps:
-        cfg['paramwise_cfg'] = dict(eps_shift=dict(eps=EPS))
-    return OPTIM_WRAPPER_CONSTRUCTORS.build(cfg)(model).optimizer
+    return build_backbone('WSResNet', group_by=group_by, fused=fused, **common)
 
 
 @contextlib.contextmanager
-def autograd_backward(pkg):
+def autograd_backward():
     """Eager torch ops run the traceable expression (autograd derives its backward)."""
-    module = pkg.filter_normalize
+    from mmdet_eps.models.layers import filter_normalize as module
     select = module.select_impl
     module.select_impl = lambda *args: (module.Impl.TRACEABLE if select(*args) is
                                         module.Impl.TORCH else select(*args))
@@ -117,11 +72,11 @@ def autograd_backward(pkg):
         module.select_impl = select
 
 
-def iteration(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, pkg,
-              autograd: bool = False):
+def iteration(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+              autograd: bool = False) -> Callable[[], None]:
     def run():
-        with autograd_backward(pkg) if autograd else contextlib.nullcontext():
-            sum(o.float().mean() for o in model(x)).backward()
+        with autograd_backward() if autograd else contextlib.nullcontext():
+            backbone_loss(model, x).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return run
@@ -137,13 +92,13 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv)
+    args, env = start(__doc__.splitlines()[0], extra_args, argv)
     from mmdet_eps.utils.op_count import count_ops
     report = Report('B8', f'thin ResNet-{args.depth} iteration (launch-bound): ops and time',
                     args, env, goal='ws_eps adds <= 200 ops and <= 1.10x at frozen_stages=-1')
     for frozen in args.frozen:
         torch.manual_seed(0)
-        models = {name: build(name, pkg, args.depth, args.width, frozen).to(args.device)
+        models = {name: build(name, args.depth, args.width, frozen).to(args.device)
                   for name in LABELS}
         state = models['plain'].state_dict()
         fns, ops = {}, {}
@@ -151,12 +106,12 @@ def main(argv=None):
         for name, model in models.items():
             model.load_state_dict(state)
             model.train()
-            fns[name] = iteration(model, optimizer(name, model, pkg), x, pkg,
-                                  autograd=name == 'ws_eps_autograd')
+            eps_shift = dict(eps=EPS) if name.startswith('ws_eps') else None
+            opt = build_optim_wrapper(model, SGD, eps_shift).optimizer
+            fns[name] = iteration(model, opt, x, autograd=name == 'ws_eps_autograd')
             fns[name]()  # momentum buffers exist before counting
             ops[name] = count_ops(fns[name]).total
-        timings = interleaved(fns, 'plain', rounds_for(args, 40), warmup=warmup_for(args, 5),
-                              device=args.device, inner=1 if args.quick else 5,
+        timings = report.time(fns, 'plain', 40, warmup=5, inner=1 if args.quick else 5,
                               label=f'B8 frozen_stages={frozen}')
         for name, t in timings.items():
             t['ops'], t['extra_ops'] = ops[name], ops[name] - ops['plain']

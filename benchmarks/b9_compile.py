@@ -22,15 +22,12 @@ to ``plain`` is what the normalization costs in kernels).
     python benchmarks/b9_compile.py [--quick] [--device cuda] [--cases full thin]
 """
 import os
-import os.path as osp
-import sys
 import time
 
 import torch
 from torch import nn
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import Report, interleaved, rounds_for, start, warmup_for  # noqa: E402
+from _common import Report, backbone_loss, build_backbone, build_optim_wrapper, start
 
 SGD = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4)
 EPS = 1e-3
@@ -45,29 +42,16 @@ CASES = {'full': (64, 320, 2, 1.03), 'thin': (4, 32, 2, 1.05)}
 
 def build(name: str, width: int, device: str):
     """``(model, optimizer)`` of candidate ``name``."""
-    from mmdet.registry import MODELS
-    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
-    common = dict(depth=50, base_channels=width, norm_eval=False, frozen_stages=-1)
     if name == 'plain':
-        model = MODELS.build(dict(type='ResNet', **common))
-    else:
-        model = MODELS.build(dict(type='WSResNet', fused=True if name == 'ws_eps_fused_ops'
-                                  else None, **common))
-    model.to(device).train()
-    cfg = dict(type='EpsShiftedOptimWrapperConstructor' if name != 'plain' else
-               'DefaultOptimWrapperConstructor',
-               optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=SGD))
-    if name != 'plain':
-        cfg['paramwise_cfg'] = dict(eps_shift=dict(eps=EPS))
-    return model, OPTIM_WRAPPER_CONSTRUCTORS.build(cfg)(model).optimizer
-
-
-def loss_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return sum(o.float().mean() for o in model(x))
+        model = build_backbone('ResNet', base_channels=width).to(device)
+        return model, build_optim_wrapper(model, SGD).optimizer
+    fused = True if name == 'ws_eps_fused_ops' else None
+    model = build_backbone('WSResNet', base_channels=width, fused=fused).to(device)
+    return model, build_optim_wrapper(model, SGD, dict(eps=EPS)).optimizer
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
-    loss_of(model, x).backward()
+    backbone_loss(model, x).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -78,8 +62,7 @@ def extra_args(parser):
 
 
 def main(argv=None):
-    args, env, pkg = start(__doc__.splitlines()[0], extra_args, argv,
-                           needs_mmdet='builds mmdet backbones and constructors')
+    args, env = start(__doc__.splitlines()[0], extra_args, argv)
     import tempfile
 
     import torch._dynamo
@@ -102,7 +85,7 @@ def main(argv=None):
         for name, (model, opt) in built.items():
             model.load_state_dict(state)
             torch._dynamo.reset()
-            breaks = torch._dynamo.explain(loss_of)(model, x).graph_break_count
+            breaks = torch._dynamo.explain(backbone_loss)(model, x).graph_break_count
             torch._dynamo.reset()
             metrics.reset()
             step = torch.compile(train_step, backend=args.backend)
@@ -113,8 +96,7 @@ def main(argv=None):
                                kernels=metrics.generated_kernel_count)
             fns[name] = (lambda s=step, m=model, o=opt: s(m, o, x))
             fns[name]()  # a second call: recompiles nothing
-        timings = interleaved(fns, 'plain', rounds_for(args, 20), warmup=warmup_for(args, 3),
-                              device=args.device, label=f'B9 {case}')
+        timings = report.time(fns, 'plain', 20, warmup=3, label=f'B9 {case}')
         for name, t in timings.items():
             t.update(extra[name])
             t['extra_kernels'] = extra[name]['kernels'] - extra['plain']['kernels']

@@ -1,39 +1,28 @@
 """GPU end-to-end check (issue 11): training-iteration time of the paper's detectors, baseline vs
 WS vs WS + ε-shifted L2, fp32 and AMP, with correctness checks on the device and a profile.
 
-Run by ``benchmarks/gpu_e2e.sh`` (which installs the stack on the GPU machine first); it needs
-mmdet, mmcv with ops and ``mmdet_eps`` importable. Sections, each written to the JSON as soon as it
-is done (a run cut short keeps what it finished):
+Run by ``benchmarks/gpu_e2e.sh``, which installs the stack on the GPU machine first. Sections,
+each written to the JSON as soon as it is done (a run cut short keeps what it finished):
 
-1. ``eps_step``: one training step of ``cascade_rcnn_ws_eps_r50`` on the device; every normalized
-   weight's update equals ``-lr (g + λ∇R)`` of the paper's formula computed in float64 on the CPU
-   (and not the plain-decay update); ``eps_shifted_grad`` on the device equals it too.
-2. ``timing``: ``model.train_step(batch, optim_wrapper)`` (preprocessing, forward, losses,
-   backward, step, as the runner runs it minus data loading) of the Cascade, Faster and Mask
-   R-CNN R-50 triples of ``configs/``, built with random init (``backbone.init_cfg=None``; every
-   other setting kept: frozen stage, frozen BN, the optimizer wrapper), on a fixed synthetic
-   COCO-size batch of 2 images with boxes (and masks), interleaved rounds after warm-up, in fp32
-   and AMP (``AmpOptimWrapper``, CUDA only). The three models of a detector share their weights;
-   the BN statistics of the random backbone are calibrated once on the batch (what a pretrained
-   checkpoint provides; frozen fresh BN makes a WS backbone overflow). lr is capped at 0.002 so
-   that repeated steps on one batch stay finite.
-3. ``profile``: one ``torch.profiler`` iteration per Cascade variant: backbone forward, backbone
-   backward (the autograd nodes of the backbone's forward ops), the normalization ops among
-   them (everything in the backbone but convolutions, activation batch norms, ReLU, additions and
-   pooling), the optimizer step pre-hooks (the ε-shift), the rest of the step, the rest.
-4. ``compiled``: the Cascade baseline and WS + ε ``train_step`` compiled as mmengine's
-   ``compile=True`` compiles it (``torch.compile``, ``--compile-backend``, default inductor), fp32:
-   compile time and interleaved s/iter (goal ≤ 1.03x). On by default on CUDA, ``--compile`` on a
-   CPU.
-5. ``loss_decreases``, ``stats_hook_logs``, ``coco_eval``: ``tools/train.py`` trains
-   ``cascade_rcnn_ws_eps_r50`` for a few dozen iterations on a synthetic COCO-layout set written
-   here (with ``WeightNormStatsHook``, constant lr, ``auto_scale_lr`` for batch 2, from the
-   calibrated random init), then ``tools/test.py`` evaluates the checkpoint with mmdet's
-   ``CocoMetric``.
+1. ``layers``: every normalized conv (WS, CWN, WN) on the device, alone and grouped, forward and
+   weight gradient against the textbook expression in float64; the ε-shifted step of each family
+   (after a forward and without one) against ``w - lr (g + λ∇R)``, ∇R by autograd in float64.
+2. ``eps_step``: one training step of ``cascade_rcnn_ws_eps_r50``; every WS weight's update equals
+   the paper's ``-lr (g + λ∇R)`` (and not the plain-decay one), ``eps_shifted_grad`` too.
+3. ``timing``: ``model.train_step(batch, optim_wrapper)`` of the Cascade, Faster and Mask R-CNN
+   R-50 triples of ``configs/`` (random init, every other setting kept; the three share weights,
+   BN statistics calibrated once on the batch, lr capped at 0.002) on a fixed synthetic batch of
+   2 COCO-size images, interleaved rounds after warm-up, fp32 and AMP (CUDA only).
+4. ``profile``: one ``torch.profiler`` iteration per Cascade variant, split into backbone forward
+   and backward (and their normalization ops), the step's pre-hooks (the ε-shift), the rest.
+5. ``compiled``: the Cascade baseline and WS + ε ``train_step`` under ``torch.compile`` (as
+   mmengine's ``compile=True``), compile time and s/iter (on CUDA, or ``--compile``).
+6. ``loss_decreases``, ``stats_hook_logs``, ``coco_eval``: ``tools/train.py`` trains
+   ``cascade_rcnn_ws_eps_r50`` a few dozen iterations on a synthetic COCO-layout set (with
+   ``WeightNormStatsHook``), ``tools/test.py`` evaluates the checkpoint with ``CocoMetric``.
 
-``--smoke`` shrinks the images, the proposals and sampled RoIs per image (64 and 32 instead of
-mmdet's 1000-2000 and 512), the synthetic set, the rounds and the iterations, so that the whole
-script runs on a CPU in about two minutes: a test of the script, not a measurement.
+``--quick`` (the dry run) shrinks images, proposals and sampled RoIs, the set, the rounds and the
+iterations so that everything runs on a CPU in a few minutes: a test of the script.
 """
 import argparse
 import copy
@@ -41,7 +30,6 @@ import glob
 import json
 import os
 import os.path as osp
-import statistics
 import subprocess
 import sys
 import time
@@ -52,9 +40,21 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
-HERE = osp.dirname(osp.abspath(__file__))
-sys.path.insert(0, HERE)
-from _common import REPO, environment, interleaved, write_json  # noqa: E402
+from _common import (
+    REPO,
+    RESULTS_DIR,
+    build_optim_wrapper,
+    environment,
+    format_table,
+    interleaved,
+    load_package,
+    load_tool,
+    paired_ratio,
+    parse_args,
+    rel_err,
+    synchronizer,
+    write_json,
+)
 
 ARCHS = ('cascade_rcnn', 'faster_rcnn', 'mask_rcnn')
 ARCH_NAMES = dict(cascade_rcnn='Cascade R-CNN', faster_rcnn='Faster R-CNN',
@@ -68,7 +68,7 @@ LR_CAP = 0.002
 #: Large lr and λ for the ε-step check, so that the term dominates float32 rounding of W.
 CHECK_LR, CHECK_LAMBDA = 0.5, 0.1
 STEP_TOL = 1e-4
-#: ``--smoke``: proposals per image and RoIs sampled per image and stage (mmdet: 1000-2000, 512).
+#: ``--quick``: proposals per image and RoIs sampled per image and stage (mmdet: 1000-2000, 512).
 SMOKE_PROPOSALS, SMOKE_ROIS = 64, 32
 #: The top-level forward ops of a plain ResNet (batch norm: on 4-D activations), and their inner
 #: ops, which torch 2.1's profiler now and then lists at the top level; anything else in a WS
@@ -82,15 +82,9 @@ BATCH_NORM_OPS = frozenset(['aten::batch_norm', 'aten::_batch_norm_impl_index',
                             'aten::native_batch_norm'])
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--smoke', action='store_true', help='tiny sizes: tests the script')
-    parser.add_argument('--out', required=True, help='folder for gpu_e2e.json / gpu_e2e.md')
+def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--work', required=True, help='scratch folder (data, work dirs)')
     parser.add_argument('--archs', nargs='+', choices=ARCHS, default=list(ARCHS))
-    parser.add_argument('--rounds', type=int, default=None, help='timed rounds (upper bound)')
-    parser.add_argument('--warmup', type=int, default=None, help='untimed rounds')
     parser.add_argument('--check-iters', type=int, default=None,
                         help='tools/train.py iterations of the loss check')
     parser.add_argument('--deadline', type=float, default=None,
@@ -100,14 +94,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--compile', action='store_true',
                         help='time the compiled Cascade train_step (default on CUDA)')
     parser.add_argument('--compile-backend', default='inductor')
-    return parser.parse_args(argv)
+    parser.set_defaults(out=osp.join(RESULTS_DIR, 'gpu_e2e'))
 
 
 class Settings:
-    """Sizes of a run: COCO-size on the GPU, tiny with ``--smoke``."""
+    """Sizes of a run: COCO-size on the GPU, tiny with ``--quick``."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        smoke = args.smoke
+        self.smoke = smoke = args.quick
         self.image_shapes = [(3, 96, 128), (3, 96, 112)] if smoke else [(3, 800, 1333),
                                                                          (3, 800, 1067)]
         self.num_boxes = [3, 5]
@@ -161,8 +155,8 @@ def optim_cfg(cfg, precision: str, lr_cap: Optional[float] = LR_CAP) -> Dict:
 
 
 def build_wrapper(model: nn.Module, optim: Dict):
-    from mmengine.optim import build_optim_wrapper
-    return build_optim_wrapper(model, copy.deepcopy(optim))
+    from mmengine.optim import build_optim_wrapper as build
+    return build(model, copy.deepcopy(optim))
 
 
 def make_batch(settings: Settings, with_mask: bool) -> Dict:
@@ -190,6 +184,15 @@ def calibrate_bn(model: nn.Module, batch: Dict) -> None:
     model.train()
 
 
+def calibrated_cascade(settings: Settings, device: str) -> Tuple:
+    """``cascade_rcnn_ws_eps_r50``'s config and model, random init with calibrated BN."""
+    cfg = load_config('cascade_rcnn', 'ws_eps', settings.smoke)
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    calibrate_bn(model, make_batch(settings, with_mask=False))
+    return cfg, model
+
+
 def build_triple(arch: str, device: str, batch: Dict, smoke: bool) -> Tuple[Dict, Dict]:
     """The three variants of ``arch`` with the same weights and calibrated BN."""
     cfgs = {v: load_config(arch, v, smoke) for v in VARIANTS}
@@ -202,31 +205,107 @@ def build_triple(arch: str, device: str, batch: Dict, smoke: bool) -> Tuple[Dict
     return cfgs, models
 
 
-def sync(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
+# --------------------------------------------------------------------------- 1-2. numerics
+
+#: Weight shapes of a ResNet-50: the stem, 1x1 and 3x3 convs, the widest 1x1s.
+SHAPES = [(64, 3, 7, 7), (64, 64, 1, 1), (64, 64, 3, 3), (256, 64, 1, 1), (512, 512, 3, 3),
+          (2048, 512, 1, 1), (1024, 2048, 1, 1)]
 
 
-# --------------------------------------------------------------------------- 1. ε-step check
-
-def paper_ws_grad(w: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
-    """λ∇R of the ε-shifted term for WS in float64: λ((1 - ε/v) W + (ε/v) m) per filter, v the
-    population std (paper Eq. 28)."""
+def textbook_normalize(w: torch.Tensor, eps: float, centered: bool,
+                       divisor: float) -> torch.Tensor:
+    """``u / (||u|| / sqrt(divisor) + eps)`` per filter, ``u = W - m`` (centered) or ``W``."""
     f = w.reshape(w.shape[0], -1)
-    m = f.mean(1, keepdim=True)
-    v = f.std(1, unbiased=False, keepdim=True)
-    return (lam * ((1 - eps / v) * f + (eps / v) * m)).view_as(w)
+    u = f - f.mean(1, keepdim=True) if centered else f
+    return (u / (u.norm(dim=1, keepdim=True) / divisor**0.5 + eps)).view_as(w)
 
 
-def check_eps_step(device: str, settings: Settings, smoke: bool) -> Dict:
+def paper_grad(w: torch.Tensor, family: str, eps: float, lam: float) -> torch.Tensor:
+    """λ∇R of the paper's ε-shifted term by autograd in float64 on the CPU, per filter:
+    R = n/2 (m² + (v - ε)²) for WS (v the population std; Eq. 28), ½ (||W|| - ε)² for WN,
+    ½ (n m² + (||W - m|| - ε)²) for CWN."""
+    w = w.detach().double().cpu().requires_grad_(True)
+    f = w.reshape(w.shape[0], -1)
+    n, m = f.shape[1], f.mean(1)
+    if family == 'ws':
+        r = n * (m**2 + (f.std(1, unbiased=False) - eps)**2)
+    elif family == 'wn':
+        r = (f.norm(dim=1) - eps)**2
+    else:
+        r = n * m**2 + ((f - m[:, None]).norm(dim=1) - eps)**2
+    (0.5 * lam * r.sum()).backward()
+    return w.grad
+
+
+def check_layers(device: str) -> Dict:
+    """WS / CWN / WN convs on ``device``, alone and grouped, and the ε-shifted step of each
+    family (built by the constructor), against float64 references on the CPU."""
+    from mmdet_eps.models.layers import CWNConv, WNConv, WSConv, normalize_filter_batch
+    errors: Dict[str, float] = {}
+
+    def record(key: str, value: torch.Tensor, ref: torch.Tensor) -> None:
+        errors[key] = max(errors.get(key, 0.), rel_err(value, ref))
+
+    def compare(key, weights64, ours, grads64, normalize, eps, centered, divisor) -> None:
+        """``normalize(ours)`` and its weight gradient against the textbook in float64."""
+        outs = normalize(ours)
+        torch.autograd.backward(outs, [g.to(device, torch.float32) for g in grads64])
+        refs = [w.clone().requires_grad_(True) for w in weights64]
+        expected = [textbook_normalize(w, eps, centered, divisor) for w in refs]
+        torch.autograd.backward(expected, grads64)
+        for out, ref, w, w64 in zip(outs, expected, ours, refs):
+            record(f'{key} forward', out, ref)
+            record(f'{key} weight grad', w.grad, w64.grad)
+
+    torch.manual_seed(0)
+    for shape in SHAPES:
+        w64 = torch.randn(shape, dtype=torch.float64) * 0.05 + 0.01 * torch.randn(
+            shape[0], 1, 1, 1, dtype=torch.float64)
+        n = w64[0].numel()
+        for key, cls, kwargs, centered, divisor in [
+                ('ws', WSConv, {}, True, n - 1),
+                ('ws population', WSConv, dict(unbiased=False, eps=0.), True, n),
+                ('cwn', CWNConv, {}, True, 1), ('wn', WNConv, {}, False, 1)]:
+            conv = cls(shape[1], shape[0], shape[2:], bias=False, **kwargs).to(device)
+            with torch.no_grad():
+                conv.weight.copy_(w64)
+            compare(key, [w64], [conv.weight], [torch.randn_like(w64)],
+                    lambda ws: [conv.normalize(ws[0])], conv.eps, centered, divisor)
+    for trailing, counts in [((64, 1, 1), (64, 256, 256, 256)), ((256, 3, 3), (256, 256, 256))]:
+        ws64 = [torch.randn((c, ) + trailing, dtype=torch.float64) * 0.05 for c in counts]
+        n = ws64[0][0].numel()
+        compare('ws grouped', ws64,
+                [w.to(device, torch.float32).requires_grad_(True) for w in ws64],
+                [torch.randn_like(w) for w in ws64],
+                lambda ws: normalize_filter_batch(ws, 1e-5, True, n - 1), 1e-5, True, n - 1)
+    sgd = dict(type='SGD', lr=CHECK_LR, weight_decay=CHECK_LAMBDA)
+    for family, cls in (('ws', WSConv), ('cwn', CWNConv), ('wn', WNConv)):
+        for after_forward in (True, False):
+            conv = cls(64, 128, 3, bias=False).to(device)
+            optimizer = build_optim_wrapper(nn.Sequential(conv), sgd, dict(eps=0.02)).optimizer
+            if after_forward:  # the step reuses the statistics the forward recorded
+                conv(torch.randn(2, 64, 16, 16, device=device)).square().mean().backward()
+            else:
+                conv.weight.grad = torch.randn_like(conv.weight) * 1e-3
+            w0, g0 = conv.weight.detach().double().cpu(), conv.weight.grad.double().cpu()
+            optimizer.step()
+            expected = -CHECK_LR * (g0 + paper_grad(w0, family, 0.02, CHECK_LAMBDA))
+            key = f'{family} step' + (' after a forward' if after_forward else ', cold')
+            record(key, conv.weight.detach().double().cpu() - w0, expected)
+    worst = max(errors.values())
+    return dict(ok=bool(worst < STEP_TOL), device=device, errors=errors, tolerance=STEP_TOL,
+                detail=f'{len(errors)} comparisons (normalization forward and weight grad of '
+                       f'WS/CWN/WN, alone and grouped, on {len(SHAPES)} ResNet-50 shapes; the '
+                       f'ε-step of each family): worst relative error {worst:.1e} '
+                       f'(tolerance {STEP_TOL:g})')
+
+
+def check_eps_step(device: str, settings: Settings) -> Dict:
     """One step of the ws_eps Cascade R-CNN on ``device`` against the float64 CPU reference."""
     from mmdet_eps.engine.optimizers import eps_shifted_grad
     from mmdet_eps.models.layers import get_norm_family
-    cfg = load_config('cascade_rcnn', 'ws_eps', smoke)
+    cfg, model = calibrated_cascade(settings, device)
     batch = make_batch(settings, with_mask=False)
-    torch.manual_seed(0)
-    model = build_model(cfg, device)
-    calibrate_bn(model, batch)
     optim = optim_cfg(cfg, 'fp32', lr_cap=None)
     optim['optimizer'].update(lr=CHECK_LR, weight_decay=CHECK_LAMBDA)
     eps = optim['paramwise_cfg']['eps_shift']['eps']
@@ -241,19 +320,16 @@ def check_eps_step(device: str, settings: Settings, smoke: bool) -> Dict:
     wrapper.backward(loss)
     before = [(w.detach().double().cpu(), w.grad.detach().double().cpu()) for w in weights]
     grad_err = max(rel_err(eps_shifted_grad(w.detach(), 'ws', eps, CHECK_LAMBDA),
-                           paper_ws_grad(w0, eps, CHECK_LAMBDA))
+                           paper_grad(w0, 'ws', eps, CHECK_LAMBDA))
                    for w, (w0, _) in zip(weights, before))
     wrapper.step()
-    sync(device)
-    num = den = num_plain = 0.
-    for w, (w0, g0) in zip(weights, before):
-        step = w.detach().double().cpu() - w0
-        expected = -CHECK_LR * (g0 + paper_ws_grad(w0, eps, CHECK_LAMBDA))
-        plain = -CHECK_LR * (g0 + CHECK_LAMBDA * w0)
-        num = max(num, (step - expected).abs().max().item())
-        num_plain = max(num_plain, (step - plain).abs().max().item())
-        den = max(den, expected.abs().max().item())
-    step_err, plain_err = num / den, num_plain / den
+    step = torch.cat([(w.detach().double().cpu() - w0).flatten() for w, (w0, _) in
+                      zip(weights, before)])
+    expected = torch.cat([(-CHECK_LR * (g0 + paper_grad(w0, 'ws', eps, CHECK_LAMBDA))).flatten()
+                          for w0, g0 in before])
+    plain = torch.cat([(-CHECK_LR * (g0 + CHECK_LAMBDA * w0)).flatten() for w0, g0 in before])
+    step_err = rel_err(step, expected)
+    plain_err = ((step - plain).abs().max() / expected.abs().max()).item()
     ok = bool(step_err < STEP_TOL and grad_err < STEP_TOL and plain_err > 10 * step_err)
     return dict(ok=ok, device=device, weights=len(weights), eps=eps, lr=CHECK_LR,
                 lam=CHECK_LAMBDA, step_rel_err=step_err, plain_decay_rel_err=plain_err,
@@ -263,41 +339,27 @@ def check_eps_step(device: str, settings: Settings, smoke: bool) -> Dict:
                        f'the plain-decay update is {plain_err:.1e} away')
 
 
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    ref = ref.double().cpu()
-    return ((a.double().cpu() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
-
-
 # --------------------------------------------------------------------------- 2. timing
 
-def paired_ratio(times: List[float], base: List[float]) -> Dict:
-    ratios = sorted(t / b for t, b in zip(times, base))
-    q = statistics.quantiles(ratios, n=4, method='inclusive') if len(ratios) > 1 else ratios * 3
-    return dict(ratio=statistics.median(ratios), q1=q[0], q3=q[2])
+def train_steps(steps: Dict[str, Callable], batch: Dict, wrappers: Dict,
+                losses: Dict[str, float]) -> Dict[str, Callable[[], None]]:
+    """``steps[v](batch, wrappers[v])`` with the same proposal / RoI sampling draws for every
+    variant; each records its last loss in ``losses``."""
+    def step(v: str) -> Callable[[], None]:
+        def run() -> None:
+            torch.manual_seed(1)
+            losses[v] = float(torch.as_tensor(steps[v](batch, wrappers[v])['loss']).detach())
+        return run
+    return {v: step(v) for v in steps}
 
 
 def time_triple(arch: str, precision: str, models: Dict, wrappers: Dict, batch: Dict,
                 settings: Settings, device: str, budget_s: Optional[float]) -> Dict:
     """Interleaved ``train_step`` rounds of the three variants; rounds fit ``budget_s``."""
     losses: Dict[str, float] = {}
-
-    def step(v: str) -> Callable[[], None]:
-        def run() -> None:
-            torch.manual_seed(1)  # the same proposal / RoI sampling draws for every variant
-            loss = models[v].train_step(batch, wrappers[v])['loss']
-            losses[v] = float(torch.as_tensor(loss).detach())
-        return run
-
-    fns = {v: step(v) for v in VARIANTS}
-    last = {}
-    for _ in range(settings.warmup):
-        for v in VARIANTS:
-            sync(device)
-            start = time.perf_counter()
-            fns[v]()
-            sync(device)
-            last[v] = time.perf_counter() - start
-    per_round = sum(last.values())
+    fns = train_steps({v: models[v].train_step for v in VARIANTS}, batch, wrappers, losses)
+    warm = interleaved(fns, 'baseline', settings.warmup, warmup=0, device=device)
+    per_round = sum(t['times'][-1] for t in warm.values())
     rounds = settings.rounds
     if budget_s is not None:
         rounds = max(settings.min_rounds, min(rounds, int(budget_s / per_round)))
@@ -320,29 +382,18 @@ def time_compiled(models: Dict, wrappers: Dict, batch: Dict, settings: Settings,
                   backend: str) -> Dict:
     """Compiled ``train_step`` of the Cascade baseline and WS + ε (mmengine's ``compile=True``),
     compile time of each and interleaved rounds."""
-    compiled, compile_s, losses = {}, {}, {}
+    losses: Dict[str, float] = {}
     pair = ('baseline', 'ws_eps')
     batch = copy.deepcopy(batch)  # numpy metainfo as the pipeline gives it (tuples): dynamo
     for sample in batch['data_samples']:  # turns arrays into tensors it cannot deepcopy
         sample.set_metainfo({k: tuple(v.tolist()) for k, v in sample.metainfo_items()
                              if isinstance(v, np.ndarray)})
-    for v in pair:
-        compiled[v] = torch.compile(models[v].train_step, backend=backend)
-        sync(device)
-        start = time.perf_counter()
-        torch.manual_seed(1)
-        compiled[v](batch, wrappers[v])
-        sync(device)
-        compile_s[v] = round(time.perf_counter() - start, 1)
-
-    def step(v: str) -> Callable[[], None]:
-        def run() -> None:
-            torch.manual_seed(1)
-            losses[v] = float(torch.as_tensor(compiled[v](batch, wrappers[v])['loss']).detach())
-        return run
-
-    timings = interleaved({v: step(v) for v in pair}, 'baseline', settings.rounds,
-                          warmup=settings.warmup, device=device, label=f'compiled {backend}')
+    fns = train_steps({v: torch.compile(models[v].train_step, backend=backend) for v in pair},
+                      batch, wrappers, losses)
+    first = interleaved(fns, 'baseline', 1, warmup=0, device=device)  # the compiles
+    compile_s = {v: round(first[v]['times'][0], 1) for v in pair}
+    timings = interleaved(fns, 'baseline', settings.rounds, warmup=settings.warmup,
+                          device=device, label=f'compiled {backend}')
     ratio = paired_ratio(timings['ws_eps']['times'], timings['baseline']['times'])
     return dict(backend=backend, compile_s=compile_s, rounds=settings.rounds,
                 median_s={v: timings[v]['median_s'] for v in pair}, ratio=ratio,
@@ -474,7 +525,7 @@ def profile_variant(model: nn.Module, wrapper, batch: Dict, device: str) -> Dict
             with record_function('e2e/iteration'):
                 torch.manual_seed(1)
                 model.train_step(batch, wrapper)
-                sync(device)
+                synchronizer(device)()
     finally:
         ranges.remove()
     return attribute(prof.events(), use_device=device.startswith('cuda'))
@@ -482,57 +533,36 @@ def profile_variant(model: nn.Module, wrapper, batch: Dict, device: str) -> Dict
 
 # --------------------------------------------------------------------------- 4. tools checks
 
-def write_synthetic_coco(root: str, split: str, num: int, size: Tuple[int, int],
-                         seed: int) -> str:
-    """``num`` images of ``size`` (w, h) with 2-5 filled rectangles each, in COCO layout with
-    COCO's 80 category names; returns the annotation file."""
-    import cv2
+def name_coco_categories(layout: Dict) -> None:
+    """Give the toy set COCO's 80 categories (its 5 shapes are ids 1-5), so that the 80-class
+    detectors' dataset and metric index every label they predict."""
     from mmdet.datasets import CocoDataset
-    classes = CocoDataset.METAINFO['classes']
-    rng = np.random.default_rng(seed)
-    w, h = size
-    os.makedirs(osp.join(root, split), exist_ok=True)
-    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
-    images, annotations = [], []
-    for i in range(num):
-        img = np.full((h, w, 3), rng.integers(60, 200, 3), np.uint8)
-        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-        for _ in range(rng.integers(2, 6)):
-            bw, bh = (rng.uniform(0.15, 0.45, 2) * (w, h)).astype(int)
-            x, y = rng.integers(0, w - bw), rng.integers(0, h - bh)
-            img[y:y + bh, x:x + bw] = rng.integers(0, 255, 3)
-            annotations.append(dict(
-                id=len(annotations) + 1, image_id=i + 1, category_id=int(rng.integers(1, 6)),
-                bbox=[int(x), int(y), int(bw), int(bh)], area=int(bw * bh), iscrowd=0,
-                segmentation=[[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]))
-        name = f'{i:06d}.png'
-        cv2.imwrite(osp.join(root, split, name), img)
-        images.append(dict(id=i + 1, file_name=name, width=w, height=h))
-    ann = osp.join(root, 'annotations', f'instances_{split}.json')
-    with open(ann, 'w') as f:
-        json.dump(dict(images=images, annotations=annotations,
-                       categories=[dict(id=k + 1, name=c) for k, c in enumerate(classes)]), f,
-                  default=int)
-    return ann
+    categories = [dict(id=k + 1, name=c) for k, c in enumerate(CocoDataset.METAINFO['classes'])]
+    for split in ('train', 'val'):
+        path = osp.join(layout['root'], layout[split]['ann_file'])
+        with open(path) as f:
+            coco = json.load(f)
+        with open(path, 'w') as f:
+            json.dump(dict(coco, categories=categories), f)
 
 
-def tools_config(settings: Settings, root: str, ckpt: str, smoke: bool, path: str) -> None:
-    """``cascade_rcnn_ws_eps_r50`` on the synthetic set for the train/test tools: iteration
+def tools_config(settings: Settings, layout: Dict, ckpt: str, path: str) -> None:
+    """``cascade_rcnn_ws_eps_r50`` on the toy set ``layout`` for the train/test tools: iteration
     loop, constant lr scaled for batch 2 (``auto_scale_lr``), every-iteration logging with
     ``WeightNormStatsHook``, starting from the calibrated random init ``ckpt``; test score
     threshold 0, so that the metric has detections to score."""
-    cfg = load_config('cascade_rcnn', 'ws_eps', smoke)
+    cfg = load_config('cascade_rcnn', 'ws_eps', settings.smoke)
     iters = settings.check_iters
     for split, loader in (('train', cfg.train_dataloader), ('val', cfg.test_dataloader)):
         ds = loader.dataset
-        ds.update(data_root=root + '/', ann_file=f'annotations/instances_{split}.json',
-                  data_prefix=dict(img=f'{split}/'))
-        if smoke:
+        ds.update(data_root=layout['root'] + '/', ann_file=layout[split]['ann_file'],
+                  data_prefix=dict(img=layout[split]['img_dir']))
+        if settings.smoke:
             loader.update(num_workers=0, persistent_workers=False)
             for t in ds.pipeline:
                 if t['type'] == 'Resize':
                     t['scale'] = settings.set_size
-    cfg.test_evaluator.ann_file = osp.join(root, 'annotations', 'instances_val.json')
+    cfg.test_evaluator.ann_file = osp.join(layout['root'], layout['val']['ann_file'])
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters)
     cfg.param_scheduler = None
@@ -568,23 +598,21 @@ def last_json_lines(pattern: str) -> List[Dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def check_with_tools(settings: Settings, device: str, work: str, smoke: bool,
+def check_with_tools(settings: Settings, device: str, work: str,
                      deadline: Optional[float]) -> Dict[str, Dict]:
     """Train a few dozen iterations with tools/train.py, evaluate with tools/test.py."""
-    root = osp.join(work, 'coco_synth')
-    write_synthetic_coco(root, 'train', settings.num_train, settings.set_size, seed=0)
-    write_synthetic_coco(root, 'val', settings.num_val, settings.set_size, seed=1)
-    cfg = load_config('cascade_rcnn', 'ws_eps', smoke)
-    batch = make_batch(settings, with_mask=False)
-    torch.manual_seed(0)
-    model = build_model(cfg, device)
-    calibrate_bn(model, batch)
+    width, height = settings.set_size
+    layout = load_tool('misc/make_toy_coco').make_toy_coco(
+        osp.join(work, 'toy_coco'), settings.num_train, settings.num_val, width=width,
+        height=height, force=True)
+    name_coco_categories(layout)
+    _, model = calibrated_cascade(settings, device)
     ckpt = osp.join(work, 'calibrated_init.pth')
     torch.save(dict(state_dict={k: v.cpu() for k, v in model.state_dict().items()},
                     meta=dict(note='random init, BN calibrated on a synthetic batch')), ckpt)
     del model
     config = osp.join(work, 'cascade_rcnn_ws_eps_r50_synth.py')
-    tools_config(settings, root, ckpt, smoke, config)
+    tools_config(settings, layout, ckpt, config)
     train_dir, test_dir = osp.join(work, 'train'), osp.join(work, 'test')
     start = time.time()
     rc = run_tool(['tools/train.py', config, '--work-dir', train_dir],
@@ -690,6 +718,9 @@ def markdown(result: Dict) -> str:
                   f'({r["q1"]:.3f}-{r["q3"]:.3f}; goal ≤ 1.03x: '
                   f'{"met" if compiled["goal"]["met"] else "**not met**"}); compile '
                   f'{compiled["compile_s"]["baseline"]} s / {compiled["compile_s"]["ws_eps"]} s.']
+    for bench in result['benchmarks']:
+        lines += ['', format_table(bench['rows'], title=f'{bench["bench"]}: {bench["title"]}')]
+        lines += [f'- {note}' for note in bench['notes']]
     lines += ['', '| check | result | detail |', '|---|---|---|']
     for name, check in result['checks'].items():
         lines.append(f'| {name} | {"pass" if check["ok"] else "**FAIL**"} | {check["detail"]} |')
@@ -703,29 +734,26 @@ def save(result: Dict, out: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], extra_args, argv)
     settings = Settings(args)
     device = args.device
     torch.set_flush_denormal(True)
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
-    from mmdet.utils import register_all_modules
-    from mmengine.logging import MMLogger
-
-    import mmdet_eps  # noqa: F401  registers the plugin
-    register_all_modules(init_default_scope=True)
-    MMLogger.get_instance('mmdet_eps_gpu_e2e', log_level='WARNING')
-    env = environment()
-    env['device'] = device
-    if device.startswith('cuda'):
-        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    load_package()
+    env = environment(args)
+    env['cuda'] = torch.version.cuda
     build = None
     if args.build_info and osp.exists(args.build_info):
         with open(args.build_info) as f:
             build = json.load(f)
     result = dict(env=env, commit=args.commit, build=build,
-                  settings=dict(settings.as_dict(), smoke=args.smoke), checks={}, timing=[],
-                  profile=[], skipped=[], sections={})
+                  settings=settings.as_dict(), checks={}, timing=[],
+                  profile=[], skipped=[], sections={}, benchmarks=[])
+    for path in sorted(glob.glob(osp.join(args.out, 'b[0-9]_*.json'))):  # BENCH of gpu_e2e.sh
+        with open(path) as f:
+            bench = json.load(f)
+        result['benchmarks'].append({k: bench[k] for k in ('bench', 'title', 'rows', 'notes')})
 
     def remaining() -> Optional[float]:
         return None if args.deadline is None else args.deadline - time.time()
@@ -737,8 +765,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result['sections'][name] = round(time.time() - start, 1)
         print(f'== {name} (at {result["sections"][name]} s)', flush=True)
 
+    section('layers')
+    result['checks']['layers'] = check_layers(device)
+    print(result['checks']['layers']['detail'], flush=True)
     section('eps_step')
-    result['checks']['eps_step'] = check_eps_step(device, settings, args.smoke)
+    result['checks']['eps_step'] = check_eps_step(device, settings)
     print(result['checks']['eps_step']['detail'], flush=True)
     save(result, args.out)
 
@@ -746,7 +777,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = 0
     for arch in args.archs:
         batch = make_batch(settings, with_mask=arch == 'mask_rcnn')
-        cfgs, models = build_triple(arch, device, batch, args.smoke)
+        cfgs, models = build_triple(arch, device, batch, settings.smoke)
         wrappers: Dict[str, Dict] = {}
         for precision in settings.precisions:
             left = remaining()
@@ -786,7 +817,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             torch.cuda.empty_cache()
 
     section('tools/train.py + tools/test.py')
-    result['checks'].update(check_with_tools(settings, device, args.work, args.smoke,
+    result['checks'].update(check_with_tools(settings, device, args.work,
                                              args.deadline))
     for name, check in result['checks'].items():
         print(f'{name}: {"pass" if check["ok"] else "FAIL"}: {check["detail"]}', flush=True)

@@ -2,14 +2,18 @@
 # GPU end-to-end check (issue 11), one call on the GPU machine, set-up included, in under 10 min:
 #   1. install mmengine / mmdet / pycocotools / ... from the wheels in $DEPS (no registry there)
 #      and build mmcv 2.1.0's ops with CUDA from the sdist in $DEPS;
-#   2. run benchmarks/gpu_e2e.py: train_step timing of the Cascade / Faster / Mask R-CNN R-50
-#      triples (baseline, WS, WS+ε) in fp32 and AMP, the ε-step on CUDA vs a float64 reference,
-#      one profiled iteration, tools/train.py (loss, WeightNormStatsHook) and tools/test.py (COCO
-#      metric) on a synthetic set; writes $OUT/gpu_e2e.{json,md} and $OUT/gpu_e2e.log.
+#   2. with BENCH="b1_backbone b8_launch_bound ...", run those benchmarks on $DEVICE ($BENCH_ARGS
+#      appended, e.g. "--quick"), each to $OUT/<name>.json;
+#   3. run benchmarks/gpu_e2e.py: the layers and the ε-step on CUDA vs float64 references,
+#      train_step timing of the Cascade / Faster / Mask R-CNN R-50 triples (baseline, WS, WS+ε)
+#      in fp32 and AMP, one profiled iteration, tools/train.py (loss, WeightNormStatsHook) and
+#      tools/test.py (COCO metric) on a synthetic set; its rounds fit what is left of BUDGET_S.
+#      Writes $OUT/gpu_e2e.{json,md} (with the tables of step 2) and $OUT/gpu_e2e.log.
 #
 #   .venv/bin/python benchmarks/fetch_gpu_deps.py       # here, once (PyPI): fills .gpu_deps/
 #   bash benchmarks/gpu_e2e.sh                          # there, with carry [".gpu_deps"]
 #   DEVICE=cpu SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/gpu_e2e.sh   # dry run, no install
+#   BENCH="b1_backbone b2_optimizer_step b4_inference b8_launch_bound" bash benchmarks/gpu_e2e.sh
 #   (COMPILE_BACKEND=aot_eager adds the compiled section to the dry run)
 #
 # mmcv build (MMCV_BUILD): `full` builds every op for this GPU's architecture only, `minimal`
@@ -119,13 +123,23 @@ print('mmcv CUDA nms and roi_align: OK')" 2>&1 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { log "mmcv's CUDA ops fail"; exit 1; }
 fi
 
+rm -f "$OUT"/b[0-9]_*.json
+status=0
+for bench in ${BENCH:-}; do
+  log "benchmarks/$bench.py --device $DEVICE ${BENCH_ARGS:-}"
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
+  "$PY" "benchmarks/$bench.py" --device "$DEVICE" --out "$OUT/$bench.json" ${BENCH_ARGS:-} 2>&1 \
+    | tee -a "$LOG"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { log "$bench failed"; status=1; }
+done
+
 ARGS=(--device "$DEVICE" --out "$OUT" --work "$WORK" --commit "$COMMIT"
       --build-info "$WORK/build.json" --deadline $((START + BUDGET_S)))
-[ "$SMOKE" = 1 ] && ARGS+=(--smoke)
+[ "$SMOKE" = 1 ] && ARGS+=(--quick)
 # the compiled Cascade train_step runs on CUDA by default; COMPILE_BACKEND also turns it on a CPU
 [ -n "${COMPILE_BACKEND:-}" ] && ARGS+=(--compile --compile-backend "$COMPILE_BACKEND")
 log "benchmarks/gpu_e2e.py ${ARGS[*]}"
 "$PY" benchmarks/gpu_e2e.py "${ARGS[@]}" 2>&1 | tee -a "$LOG"
-status=${PIPESTATUS[0]}
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 log "gpu_e2e.py: exit $status; results in $OUT"
 exit "$status"

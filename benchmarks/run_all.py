@@ -5,8 +5,7 @@
 Each benchmark writes ``<out-dir>/<B>.json`` (default ``benchmarks/results/``, git-ignored); this
 script then writes ``summary.json`` and ``summary.md`` there. ``make benchmarks`` runs it. Every
 figure is a ratio against a baseline timed in the same process, interleaved, median over rounds
-(see benchmarks/_common.py). Benchmarks that need mmdet (B3, B5 through mmdet, B6, B7) are skipped
-on a torch-only machine.
+(see benchmarks/_common.py).
 """
 import argparse
 import json
@@ -16,9 +15,9 @@ import subprocess
 import sys
 import time
 
+from _common import RESULTS_DIR, environment, format_table, load_average, write_json
+
 HERE = osp.dirname(osp.abspath(__file__))
-sys.path.insert(0, HERE)
-from _common import RESULTS_DIR, environment, format_table, load_average, write_json  # noqa
 
 BENCHMARKS = {
     'B1': 'b1_backbone.py',
@@ -29,7 +28,6 @@ BENCHMARKS = {
     'B6': 'b6_stats_hook.py',
     'B7': 'b7_roi_align.py',
 }
-TORCH_ONLY = ('B1', 'B2', 'B4')
 
 
 def parse_args(argv=None):
@@ -51,14 +49,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     extra = [a for a in args.extra if a != '--']
     print(f'load average before: {load_average()}', flush=True)
-    from _torch_only import mmdet_available
-    have_mmdet = mmdet_available()
     status, rows, notes = {}, [], {}
     for name in names:
-        if not have_mmdet and name not in TORCH_ONLY:
-            print(f'\n=== {name}: skipped (needs mmdet, which is not importable here)', flush=True)
-            status[name] = dict(ok=True, skipped='needs mmdet')
-            continue
         out = osp.join(args.out_dir, f'{name}.json')
         cmd = [sys.executable, osp.join(HERE, BENCHMARKS[name]), '--out', out, '--device',
                args.device, '--threads', str(args.threads)] + (['--quick'] if args.quick

@@ -1,6 +1,7 @@
-"""The GPU end-to-end check (``benchmarks/gpu_e2e.sh``, issue 11) keeps working between GPU loans:
-its dry run on the CPU, its shell syntax, the dependency fetcher's command line, and the trimming
-of mmcv's sources that its minimal CUDA build applies. No test downloads anything."""
+"""The GPU check (``benchmarks/gpu_e2e.sh``, issue 11) keeps working between GPU loans: its dry
+run on the CPU (every section of ``gpu_e2e.py`` and a benchmark of ``BENCH``), its shell syntax,
+the dependency fetcher's command line, and the trimming of mmcv's sources that its minimal CUDA
+build applies. No test downloads anything."""
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import mmcv_minimal_ops  # noqa: E402
 SCRIPT = REPO / 'benchmarks' / 'gpu_e2e.sh'
 ARCHS = ['cascade_rcnn', 'faster_rcnn', 'mask_rcnn']
 VARIANTS = ['baseline', 'ws', 'ws_eps']
-CHECKS = {'eps_step', 'loss_decreases', 'stats_hook_logs', 'coco_eval'}
+CHECKS = {'layers', 'eps_step', 'loss_decreases', 'stats_hook_logs', 'coco_eval'}
 
 
 def test_script_is_valid_bash():
@@ -97,10 +98,12 @@ def test_minimal_ops_on_the_fetched_sdist(tmp_path):
 @pytest.mark.slow
 def test_dry_run_on_cpu(tmp_path):
     """``DEVICE=cpu SMOKE=1 bash benchmarks/gpu_e2e.sh``: every section runs on tiny images with
-    the installed stack (no install, no build) and every correctness check passes."""
+    the installed stack (no install, no build), every correctness check passes, and a benchmark
+    named in ``BENCH`` runs first and lands in the report."""
     out, work = tmp_path / 'out', tmp_path / 'work'
     env = dict(os.environ, DEVICE='cpu', SMOKE='1', PYTHON=sys.executable, OUT=str(out),
-               WORK=str(work), BUDGET_S='1800', COMPILE_BACKEND='aot_eager')
+               WORK=str(work), BUDGET_S='1800', COMPILE_BACKEND='aot_eager',
+               BENCH='b4_inference', BENCH_ARGS='--quick')
     proc = subprocess.run(['bash', str(SCRIPT)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -120,6 +123,13 @@ def test_dry_run_on_cpu(tmp_path):
     assert set(result['checks']) == CHECKS
     failed = {k: c['detail'] for k, c in result['checks'].items() if not c['ok']}
     assert not failed
+    layers = result['checks']['layers']['errors']  # every family, alone and grouped, and steps
+    for key in ('ws', 'ws population', 'cwn', 'wn', 'ws grouped'):
+        assert layers[f'{key} forward'] < 1e-4 and layers[f'{key} weight grad'] < 1e-4
+    for family in ('ws', 'cwn', 'wn'):
+        assert max(layers[f'{family} step after a forward'], layers[f'{family} step, cold']) < 1e-4
+    [bench] = result['benchmarks']
+    assert bench['bench'] == 'B4' and all(r['ratio'] > 0 for r in bench['rows'])
     [profile] = result['profile']
     assert profile['arch'] == 'cascade_rcnn' and set(profile['parts']) == set(VARIANTS)
     eps = profile['parts']['ws_eps']
@@ -129,7 +139,8 @@ def test_dry_run_on_cpu(tmp_path):
     assert baseline['backbone_fwd_norm'] <= 0.05 * baseline['backbone_fwd']
     table = (out / 'gpu_e2e.md').read_text()
     assert table.startswith('### GPU end-to-end (issue 11)')
-    for name in ('Cascade R-CNN', 'Faster R-CNN', 'Mask R-CNN', 'Where the time goes'):
+    for name in ('Cascade R-CNN', 'Faster R-CNN', 'Mask R-CNN', 'Where the time goes',
+                 '### B4: eval inference'):
         assert name in table
     assert ('Compiled `train_step`' in table) == compiles
     assert all(f'| {name} | pass |' in table for name in CHECKS)
