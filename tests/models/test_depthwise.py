@@ -8,8 +8,7 @@ from mmcv.cnn import ConvWS2d, DepthwiseSeparableConvModule, build_conv_layer
 from torch import nn
 
 from mmdet_eps.engine.optimizers.eps_shifted_regularizer import FAMILY_KEY, LAMBDA_KEY
-from mmdet_eps.models.layers import CWNConv, WNConv, WSConv, get_norm_family
-from mmdet_eps.models.layers.filter_group import group_normalized_convs
+from mmdet_eps.models.layers import CWNConv, FilterGroups, WNConv, WSConv, get_norm_family
 from tests.engine.helpers import build_optim_wrapper
 
 
@@ -95,8 +94,8 @@ def test_said_once_per_run_and_layer_type(mmlog):
 
 def test_grouping_skips_plain_depthwise_convs():
     module = _separable().float()
-    groups = group_normalized_convs([module])
-    assert [g.convs for fg in groups for g in fg.groups] == [[module.pointwise_conv.conv]]
+    groups = FilterGroups(module)
+    assert [g.convs for g in groups.groups] == [[module.pointwise_conv.conv]]
     x = torch.randn(1, 16, 5, 5)
     ref = _separable().float()  # same seed: same weights, normalizing alone
     torch.testing.assert_close(module(x), ref(x))

@@ -1,6 +1,6 @@
 """The weight-normalization family of conv layers, their per-filter statistics and the grouped
 normalization that batches many of them."""
-from .filter_group import FilterGroup, FilterGroups, group_normalized_convs
+from .filter_group import FilterGroup, FilterGroups
 from .filter_normalize import (
                                FilterNorm,
                                normalize_batch,
@@ -15,7 +15,7 @@ from .wn_conv import CWNConv, WNConv
 from .ws_conv import WSConv
 
 __all__ = [
-    'FilterGroup', 'FilterGroups', 'group_normalized_convs', 'FilterNorm', 'normalize_batch',
+    'FilterGroup', 'FilterGroups', 'FilterNorm', 'normalize_batch',
     'normalize_filter_batch',
     'normalize_filters', 'standardize_filters', 'fan_in', 'filter_moments', 'filter_norm',
     'unit_filters', 'NORM_FAMILIES', 'check_family', 'get_norm_family',

@@ -13,7 +13,7 @@ Cutting regions per stage keeps DDP's overlap: a stage's weight gradients are co
 that stage's backward is done, while earlier stages still run theirs.
 """
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -127,12 +127,3 @@ class FilterGroups:
         for group in self.groups:
             group.dissolve()
 
-
-def group_normalized_convs(
-        regions: Sequence[Union[nn.Module, Tuple[nn.Module, Sequence[nn.Module]]]],
-        fused: Optional[bool] = None) -> List[FilterGroups]:
-    """Attach :class:`FilterGroups` to each region, given as a module or as ``(module, members)``
-    (regions with no normalized conv get none)."""
-    attached = [FilterGroups(*region, fused=fused) if isinstance(region, tuple) else
-                FilterGroups(region, fused=fused) for region in regions]
-    return [groups for groups in attached if groups.groups]
