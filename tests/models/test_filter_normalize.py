@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from mmdet_eps.models.layers import filter_normalize
 from mmdet_eps.models.layers import (
     filter_moments,
     filter_norm,
@@ -68,13 +69,40 @@ def test_batch_equals_one_by_one_and_passes_gradcheck(kind, eps):
             weights)
 
 
+@pytest.mark.parametrize('kind', KINDS)
+def test_traced_batch_concatenates_small_weights_only_and_equals_autograd(kind, monkeypatch):
+    """The compiler's path: weights under the threshold normalized concatenated, larger ones
+    alone, each output in its weight's place, values and gradients as the formula."""
+    monkeypatch.setattr(filter_normalize, 'TRACE_CONCAT_BELOW', 30)
+    cats = []
+    monkeypatch.setattr(filter_normalize.torch, 'cat', lambda ts: cats.append(len(ts)) or
+                        torch.concat(ts))
+    weights = [_weight((c, 3, 2, 2)).requires_grad_(True) for c in (2, 5, 1, 1)]  # 24 60 12 12
+    refs = [w.detach().clone().requires_grad_(True) for w in weights]
+    centered, divisor = _kind(kind, 12)
+    spec = filter_normalize.FilterNorm.build(12, 1e-3, centered, divisor)
+    outs = filter_normalize._traceable_batch([spec], [weights])[0]
+    assert cats == [3]
+    expected = [_reference(r, 1e-3, centered, divisor) for r in refs]
+    grads = [torch.randn_like(w) for w in weights]
+    torch.autograd.backward(outs, grads)
+    torch.autograd.backward(expected, grads)
+    for out, exp, w, r in zip(outs, expected, weights, refs):
+        torch.testing.assert_close(out, exp)
+        torch.testing.assert_close(w.grad, r.grad)
+
+
 @pytest.mark.parametrize('centered', [True, False])
-def test_unit_filters_are_the_direction_at_scale_sqrt_n(centered):
+@pytest.mark.parametrize('traceable', [False, True])
+def test_unit_filters_are_the_direction_at_scale_sqrt_n(centered, traceable):
     w = _weight((6, 4, 3, 3))
+    w[0] = 0.5  # no direction: 0
     f = w.flatten(1)
     u = f - f.mean(1, keepdim=True) if centered else f
     expected = (u / u.norm(dim=1, keepdim=True) * f.shape[1]**0.5).view_as(w)
-    torch.testing.assert_close(unit_filters(w, centered), expected)
+    if centered:
+        expected[0] = 0
+    torch.testing.assert_close(unit_filters(w, centered, traceable), expected)
 
 
 def test_unused_members_get_zero_gradients():

@@ -75,13 +75,15 @@ def _scale(targets: List[Tensor], factor: float, foreach: bool) -> None:
 
 
 def _single_tensor_eps_shift(params: List[Tensor], centered: bool, coefs: List[float],
-                             lam: float, decoupled: bool, lr: float, opt_decay: float) -> None:
-    _eps_shift(params, centered, coefs, lam, decoupled, lr, opt_decay, foreach=False)
+                             lam: float, decoupled: bool, lr: float, opt_decay: float,
+                             traceable: bool) -> None:
+    _eps_shift(params, centered, coefs, lam, decoupled, lr, opt_decay, traceable, foreach=False)
 
 
 def _multi_tensor_eps_shift(params: List[Tensor], centered: bool, coefs: List[float],
-                            lam: float, decoupled: bool, lr: float, opt_decay: float) -> None:
-    _eps_shift(params, centered, coefs, lam, decoupled, lr, opt_decay, foreach=True)
+                            lam: float, decoupled: bool, lr: float, opt_decay: float,
+                            traceable: bool) -> None:
+    _eps_shift(params, centered, coefs, lam, decoupled, lr, opt_decay, traceable, foreach=True)
 
 
 def _fused_eps_shift(params: List[Tensor], centered: bool, coefs: List[float], lam: float,
@@ -100,15 +102,16 @@ def _fused_eps_shift(params: List[Tensor], centered: bool, coefs: List[float], l
 
 
 def _eps_shift(params: List[Tensor], centered: bool, coefs: List[float], lam: float,
-               decoupled: bool, lr: float, opt_decay: float, foreach: bool) -> None:
+               decoupled: bool, lr: float, opt_decay: float, traceable: bool,
+               foreach: bool) -> None:
     """Apply ``λ∇R = λ W - c x`` (``c`` per tensor in ``coefs``, ``x`` the unit filters of the
     params as they are now) with torch ops.
 
     ``opt_decay`` is the weight decay the optimizer itself applies to these params in the same
     form (it equals λ when the constructor delegated ``λ W`` to it, else 0: then ``λ W`` is
-    applied here).
+    applied here). ``traceable``: the unit filters in the ops a compiler fuses best.
     """
-    units = [unit_filters(p, centered) for p in params]
+    units = [unit_filters(p, centered, traceable) for p in params]
     own = 0. if opt_decay else lam
     if not decoupled:  # g += λ W - c x
         grads = [p.grad for p in params]
@@ -156,12 +159,13 @@ def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: s
     coefs = [by_shape.get(p.shape[1:]) or by_shape.setdefault(
         p.shape[1:], unit_coefficient(p, family, eps, lam, correction)) for p in params]
     args = (params, centered, coefs, lam, mode == 'decoupled', lr, opt_decay)
-    if select_impl(params + [p.grad for p in params], fused) is Impl.FUSED:
+    impl = select_impl(params + [p.grad for p in params], fused)
+    if impl is Impl.FUSED:
         _fused_eps_shift(*args)
     elif foreach or (foreach is None and params[0].device.type != 'cpu'):
-        _multi_tensor_eps_shift(*args)
+        _multi_tensor_eps_shift(*args, impl is Impl.TRACEABLE)
     else:
-        _single_tensor_eps_shift(*args)
+        _single_tensor_eps_shift(*args, impl is Impl.TRACEABLE)
 
 
 class EpsShiftStep:

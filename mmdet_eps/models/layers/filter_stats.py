@@ -44,13 +44,17 @@ def filter_norm(weight: Tensor, centered: bool) -> Tensor:
     return torch.linalg.vector_norm(u, dim=dims, keepdim=True)
 
 
-def unit_filters(weight: Tensor, centered: bool) -> Tensor:
-    """``sqrt(n) u / ||u||`` per filter (0 where ``u = 0``), computed from ``weight``."""
-    weight = weight.detach()
-    if centered:
-        tiny = torch.finfo(weight.dtype).tiny
-        return torch.native_layer_norm(weight.contiguous(), weight.shape[1:], None, None, tiny)[0]
-    norm = torch.linalg.vector_norm(weight, dim=filter_dims(weight), keepdim=True)
-    return weight * norm.clamp_min_(torch.finfo(norm.dtype).tiny).reciprocal_().mul_(
-        math.sqrt(fan_in(weight)))
+def unit_filters(weight: Tensor, centered: bool, traceable: bool = False) -> Tensor:
+    """``sqrt(n) u / ||u||`` per filter (0 where ``u = 0``), computed from ``weight``.
 
+    Centered filters take aten's layer norm (one kernel in eager mode) unless ``traceable``:
+    then, as for uncentered ones, ``u / sqrt(||u||² / n)`` in elementary ops, which inductor
+    fuses into one kernel per weight (a third faster than its decomposed layer norm on a CPU).
+    """
+    weight = weight.detach()
+    tiny = torch.finfo(weight.dtype).tiny
+    if centered and not traceable:
+        return torch.native_layer_norm(weight.contiguous(), weight.shape[1:], None, None, tiny)[0]
+    dims = filter_dims(weight)
+    u = weight - weight.mean(dims, keepdim=True) if centered else weight
+    return u * torch.rsqrt(u.square().mean(dims, keepdim=True) + tiny)
