@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from mmdet_eps.models.layers import filter_normalize
 from mmdet_eps.models.layers import (
     filter_moments,
     filter_norm,
+    filter_normalize,
     normalize_filter_batch,
     normalize_filters,
     standardize_filters,
