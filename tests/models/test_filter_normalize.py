@@ -75,8 +75,7 @@ def test_traced_batch_concatenates_small_weights_only_and_equals_autograd(kind, 
     alone, each output in its weight's place, values and gradients as the formula."""
     monkeypatch.setattr(filter_normalize, 'TRACE_CONCAT_BELOW', 30)
     cats = []
-    monkeypatch.setattr(filter_normalize.torch, 'cat', lambda ts: cats.append(len(ts)) or
-                        torch.concat(ts))
+    monkeypatch.setattr(torch, 'cat', lambda ts: cats.append(len(ts)) or torch.concat(ts))
     weights = [_weight((c, 3, 2, 2)).requires_grad_(True) for c in (2, 5, 1, 1)]  # 24 60 12 12
     refs = [w.detach().clone().requires_grad_(True) for w in weights]
     centered, divisor = _kind(kind, 12)

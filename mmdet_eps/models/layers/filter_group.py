@@ -126,4 +126,3 @@ class FilterGroups:
         self.handles = []
         for group in self.groups:
             group.dissolve()
-
