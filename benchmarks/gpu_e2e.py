@@ -14,7 +14,7 @@ each written to the JSON as soon as it is done (a run cut short keeps what it fi
    BN statistics calibrated once on the batch, lr capped at 0.002) on a fixed synthetic batch of
    2 COCO-size images, interleaved rounds after warm-up, fp32 and AMP (CUDA only).
 4. ``profile``: one ``torch.profiler`` iteration per Cascade variant, split into backbone forward
-   and backward (and their normalization ops), the step's pre-hooks (the ε-shift), the rest.
+   and backward (and their normalization ops), the step's ε-shifted term (its own range), the rest.
 5. ``compiled``: the Cascade baseline and WS + ε ``train_step`` under ``torch.compile`` (as
    mmengine's ``compile=True``), compile time and s/iter (on CUDA, or ``--compile``).
 6. ``loss_decreases``, ``stats_hook_logs``, ``coco_eval``: ``tools/train.py`` trains
@@ -428,22 +428,14 @@ class Ranges:
                                                              prepend=True))
         self.handles.append(module.register_forward_hook(lambda *_: self.exit(name)))
 
-    def around_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """``e2e/step`` around the whole step and ``e2e/step_pre_hooks`` around the instance
-        pre-hooks (global pre-hooks run first, then the instance's in order, so a hook added
-        now runs after the ε-shift's)."""
+    def around_step(self) -> None:
+        """``e2e/step`` around the whole step (global step hooks; the ε-shifted optimizers open
+        their own range, ``EPS_SHIFT_RANGE``, around the term)."""
         from torch.optim.optimizer import (
             register_optimizer_step_post_hook,
             register_optimizer_step_pre_hook,
         )
-
-        def global_pre(*_):
-            self.enter('e2e/step')
-            self.enter('e2e/step_pre_hooks')
-
-        self.handles.append(register_optimizer_step_pre_hook(global_pre))
-        self.handles.append(optimizer.register_step_pre_hook(
-            lambda *_: self.exit('e2e/step_pre_hooks')))
+        self.handles.append(register_optimizer_step_pre_hook(lambda *_: self.enter('e2e/step')))
         self.handles.append(register_optimizer_step_post_hook(lambda *_: self.exit('e2e/step')))
 
     def remove(self) -> None:
@@ -472,6 +464,8 @@ def attribute(events, use_device: bool) -> Dict[str, float]:
     """Milliseconds of each part of one profiled iteration (device kernel time on CUDA,
     inclusive CPU time on the CPU)."""
     from torch.autograd import DeviceType
+
+    from mmdet_eps.engine.optimizers.eps_shifted_optimizer import EPS_SHIFT_RANGE
     # CPU-side events only: on CUDA the profile also holds each range as a device-side
     # annotation of the same name, whose time the CPU range already counts through its kernels
     events = [e for e in events if e.device_type == DeviceType.CPU]
@@ -483,7 +477,7 @@ def attribute(events, use_device: bool) -> Dict[str, float]:
         return [e for e in events if e.name == name]
 
     parts = dict.fromkeys(['total', 'backbone_fwd', 'backbone_fwd_norm', 'backbone_bwd',
-                           'backbone_bwd_norm', 'step_pre_hooks', 'step_rest'], 0.)
+                           'backbone_bwd_norm', 'step_eps_shift', 'step_rest'], 0.)
     iteration = ranges('e2e/iteration')
     parts['total'] = sum(cost(e) for e in iteration)
     parts['wall'] = sum(e.cpu_time_total for e in iteration) / 1e3
@@ -503,10 +497,10 @@ def attribute(events, use_device: bool) -> Dict[str, float]:
             parts['backbone_bwd'] += cost(e)
             if seq_class[e.sequence_nr]:
                 parts['backbone_bwd_norm'] += cost(e)
-    parts['step_pre_hooks'] = sum(cost(e) for e in ranges('e2e/step_pre_hooks'))
-    parts['step_rest'] = sum(cost(e) for e in ranges('e2e/step')) - parts['step_pre_hooks']
+    parts['step_eps_shift'] = sum(cost(e) for e in ranges(EPS_SHIFT_RANGE))
+    parts['step_rest'] = sum(cost(e) for e in ranges('e2e/step')) - parts['step_eps_shift']
     parts['rest'] = parts['total'] - parts['backbone_fwd'] - parts['backbone_bwd'] - \
-        parts['step_pre_hooks'] - parts['step_rest']
+        parts['step_eps_shift'] - parts['step_rest']
     return parts
 
 
@@ -519,7 +513,7 @@ def profile_variant(model: nn.Module, wrapper, batch: Dict, device: str) -> Dict
         activities.append(ProfilerActivity.CUDA)
     ranges = Ranges()
     ranges.around_module(model.backbone, 'e2e/backbone')
-    ranges.around_step(wrapper.optimizer)
+    ranges.around_step()
     try:
         with profile(activities=activities, record_shapes=True) as prof:
             with record_function('e2e/iteration'):
@@ -695,7 +689,7 @@ def markdown(result: Dict) -> str:
                  ('- of which weight normalization ops', 'backbone_fwd_norm'),
                  ('backbone backward', 'backbone_bwd'),
                  ('- of which weight normalization ops', 'backbone_bwd_norm'),
-                 ('optimizer step pre-hooks (ε-shift)', 'step_pre_hooks'),
+                 ('optimizer step: the ε-shifted term', 'step_eps_shift'),
                  ('optimizer step, rest', 'step_rest'),
                  ('rest (heads, losses, their backward, preprocessing)', 'rest'),
                  ('total', 'total'), ('iteration wall time (CPU clock)', 'wall')]

@@ -129,7 +129,7 @@ def test_ws_eps_config_trains_one_iteration_with_the_intended_groups(name):
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     optimizer = optim_wrapper.optimizer
     base_wd = cfg.optim_wrapper.optimizer.weight_decay
-    assert type(optimizer).__name__ == cfg.optim_wrapper.optimizer.type
+    assert type(optimizer).__name__ == f'EpsShifted{cfg.optim_wrapper.optimizer.type}'
 
     trainable = {m.weight for m in model.modules()
                  if get_norm_family(m) and m.weight.requires_grad}

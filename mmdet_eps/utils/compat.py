@@ -21,11 +21,14 @@ fix is small, applied when ``mmdet_eps`` is imported, and shown by a test
    (``torch.library.register_fake`` and ``register_autograd``, torch >= 2.4: without them the
    fused ops run in eager mode only) and :data:`below_autograd`
    (``torch._C._AutoDispatchBelowAutograd`` as a context manager, torch >= 2.1).
-4. Optimizer step hooks under torch < 2.3. The first ``torch.compile`` in a process (dynamo's
-   ``TorchPatcher.patch``) strips the wrapper that runs step pre/post hooks from every
-   ``torch.optim`` class, so from then on no hook runs: the ε-shifted term (``EpsShiftStep``, a
-   step pre-hook) would silently stop. We run dynamo's patch, then put the wrapper back
-   (:func:`rehook_optimizer_steps`).
+4. Inductor's CPU outer-loop fusion (torch >= 2.5, unfixed in 2.14: pytorch/pytorch#196570, fix
+   proposed in #196639) raises ``KeyError: 'bufN'`` when it considers keeping a buffer in a
+   local array while one of the buffer's users does not load it by that name (the output of an
+   in-place write). A compiled ε-shifted step meets it: the term adds to the gradients in place
+   and the optimizer's update, in the same graph, reads them and writes the weights the term
+   read. As the proposed fix does, such a buffer is not made local
+   (:func:`_fix_outer_loop_local_buffer`): ``LoopBody.get_read_expr``, asked only by that check,
+   answers None for a buffer the loop does not load, which the check reads as "not contiguous".
 """
 import codecs
 import collections
@@ -43,7 +46,6 @@ from mmengine.dist import utils as dist_utils
 from mmengine.logging import HistoryBuffer
 from mmengine.model import MMDistributedDataParallel
 from mmengine.runner.checkpoint import CheckpointLoader
-from torch.optim import Optimizer
 from torch.torch_version import TorchVersion
 
 try:
@@ -194,31 +196,24 @@ below_autograd: Callable[[], ContextManager] = (
     if hasattr(torch._C._AutoDispatchBelowAutograd, '__enter__') else contextlib.nullcontext)
 
 
-#: torch < 2.3: dynamo's first compile unwraps every ``torch.optim`` class's ``step`` (fix 4).
-DYNAMO_DROPS_STEP_HOOKS: bool = TorchVersion(torch.__version__) < '2.3'
+def _fix_outer_loop_local_buffer() -> None:
+    """Fix 4, where torch has the outer-loop local buffers. Idempotent."""
+    if TorchVersion(torch.__version__) < '2.5':
+        return
+    from torch._inductor.loop_body import LoopBody
+    get_read_expr = LoopBody.get_read_expr
+    if getattr(get_read_expr, 'none_if_not_loaded', False):
+        return
 
+    @functools.wraps(get_read_expr)
+    def get_read_expr_or_none(self, buffer_name: str) -> Any:
+        try:
+            return get_read_expr(self, buffer_name)
+        except KeyError:
+            return None
 
-def rehook_optimizer_steps() -> None:
-    """Give every ``torch.optim`` class's ``step`` the wrapper that runs step pre/post hooks
-    (``Optimizer.profile_hook_step``) where it lacks one. Idempotent."""
-    hook_code = Optimizer.profile_hook_step(lambda: None).__code__
-    for cls in vars(torch.optim).values():
-        if (isinstance(cls, type) and issubclass(cls, Optimizer)
-                and getattr(cls.step, '__code__', None) is not hook_code):
-            cls.step = Optimizer.profile_hook_step(cls.step)
-            cls.step.hooked = True
-
-
-def _patch_keeping_step_hooks(patch: Callable) -> Callable:
-    """``TorchPatcher.patch`` (run by dynamo's first compile), then the step hooks back."""
-
-    @functools.wraps(patch)
-    def patch_keeping_step_hooks() -> None:
-        patch()
-        rehook_optimizer_steps()
-
-    patch_keeping_step_hooks.keeps_step_hooks = True
-    return patch_keeping_step_hooks
+    get_read_expr_or_none.none_if_not_loaded = True
+    LoopBody.get_read_expr = get_read_expr_or_none
 
 
 def enable_compat() -> None:
@@ -229,8 +224,4 @@ def enable_compat() -> None:
     if not torch.cuda.is_available():
         dist_utils._init_dist_pytorch = _init_dist_pytorch_cpu
         MMDistributedDataParallel.__init__ = _ddp_init_cpu
-    if DYNAMO_DROPS_STEP_HOOKS:
-        from torch._dynamo.eval_frame import TorchPatcher
-        if not getattr(TorchPatcher.patch, 'keeps_step_hooks', False):
-            TorchPatcher.patch = staticmethod(_patch_keeping_step_hooks(TorchPatcher.patch))
-        rehook_optimizer_steps()  # in case a compile ran before this import
+    _fix_outer_loop_local_buffer()

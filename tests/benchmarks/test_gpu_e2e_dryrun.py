@@ -134,7 +134,7 @@ def test_dry_run_on_cpu(tmp_path):
     assert profile['arch'] == 'cascade_rcnn' and set(profile['parts']) == set(VARIANTS)
     eps = profile['parts']['ws_eps']
     assert eps['backbone_fwd_norm'] > 0 and eps['backbone_bwd_norm'] > 0
-    assert eps['step_pre_hooks'] > 0 and eps['total'] > eps['backbone_fwd']
+    assert eps['step_eps_shift'] > 0 and eps['total'] > eps['backbone_fwd']
     baseline = profile['parts']['baseline']  # no normalization (up to profiler misparenting)
     assert baseline['backbone_fwd_norm'] <= 0.05 * baseline['backbone_fwd']
     table = (out / 'gpu_e2e.md').read_text()

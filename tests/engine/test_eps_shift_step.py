@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmdet_eps.engine.optimizers import EpsShiftStep, eps_shifted_grad
+from mmdet_eps.engine.optimizers import eps_shifted_grad, make_eps_shifted
 from mmdet_eps.models.backbones import WSResNet
 
 from .helpers import CONVS, autograd_grad, build_optim_wrapper
@@ -90,7 +90,7 @@ def test_channels_last_weights_and_gradients(mode, foreach):
                                     eps_shift_lambda=0.2, eps_shift_eps=0.1,
                                     eps_shift_mode=mode, weight_decay=0.)], lr=0.1,
                               foreach=foreach)
-        opt.register_step_pre_hook(EpsShiftStep())
+        make_eps_shifted(opt)
         conv(x).square().sum().backward()
         opt.step()
     torch.testing.assert_close(convs[1].weight, convs[0].weight)
@@ -106,7 +106,7 @@ def test_mixed_dtypes_and_shapes_in_one_group(foreach):
     opt = torch.optim.SGD([dict(params=params, eps_shift_family='cwn', eps_shift_lambda=0.1,
                                 eps_shift_eps=0.5, eps_shift_mode='coupled')], lr=1.,
                           foreach=foreach)
-    opt.register_step_pre_hook(EpsShiftStep())
+    make_eps_shifted(opt)
     w0 = [p.detach().clone() for p in params]
     opt.step()
     for p, w in zip(params, w0):

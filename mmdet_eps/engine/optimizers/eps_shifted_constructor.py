@@ -12,6 +12,7 @@ from torch import nn
 from mmdet_eps.models.layers import get_norm_family
 from mmdet_eps.ops import Impl, select_impl
 
+from .eps_shifted_optimizer import make_eps_shifted
 from .eps_shifted_regularizer import (
     CORRECTION_KEY,
     EPS_KEY,
@@ -20,7 +21,6 @@ from .eps_shifted_regularizer import (
     LAMBDA_KEY,
     MODE_KEY,
     MODES,
-    EpsShiftStep,
 )
 
 _EPS_SHIFT_DEFAULTS = dict(eps=1e-3, mode='auto', decay_mult=1.0, std='population', fused=None)
@@ -103,8 +103,10 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     ``decay_mult``. ``λ∇R = λ W - λ ε sqrt(D/n) x`` (see ``eps_shifted_regularizer``): when the
     optimizer applies its own weight decay in the form of ``mode`` (SGD/Adam coupled, AdamW
     decoupled), the group's ``weight_decay`` is set to λ and the optimizer's multi-tensor kernels
-    do ``λ W``; a step pre-hook adds the rest. Where the fused CPU step applies (``fused``), it
-    does ``λ W`` in the same pass as the rest, and the group's own ``weight_decay`` is 0.
+    do ``λ W``; the optimizer's ``step`` adds the rest before its update (the built optimizer
+    is the ε-shifted subclass of the configured one: ``eps_shifted_optimizer``). Where the
+    fused CPU step applies (``fused``), it does ``λ W`` in the same pass as the rest, and the
+    group's own ``weight_decay`` is 0.
 
     Args:
         optim_wrapper_cfg (dict): As ``DefaultOptimWrapperConstructor``; ``optimizer.weight_decay``
@@ -143,8 +145,9 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         if self.optimizer_cfg.get('fused'):
             raise ValueError('optim_wrapper.optimizer.fused=True is not supported: fused '
-                             'optimizers see AMP-scaled gradients in step pre-hooks, so the '
-                             'ε-shifted term would be mis-scaled. Use foreach (the default).')
+                             'optimizers unscale AMP gradients inside their update, after the '
+                             'ε-shifted term, which would be mis-scaled. Use foreach (the '
+                             'default).')
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module=None) -> None:
@@ -193,7 +196,7 @@ class EpsShiftedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optimizer.param_groups[:] = [dict(group) for group in optimizer.param_groups]
         if optimizer.defaults.get('fused'):
             raise ValueError('fused optimizers are not supported by the ε-shifted term')
-        optimizer.register_step_pre_hook(EpsShiftStep())
+        make_eps_shifted(optimizer)  # its step applies the term, then the update
         self._log_summary(optimizer)
         return optim_wrapper
 

@@ -1,4 +1,4 @@
-"""The ε-shifted L2 regularizer (paper Eq. 25-28) as an optimizer step pre-hook.
+"""The ε-shifted L2 regularizer (paper Eq. 25-28), applied inside the optimizer step.
 
 Per filter with ``n`` elements, ``u = W - m`` (WS, CWN) or ``W`` (WN) and the family's scale
 ``r = ||u|| / sqrt(D)`` (``D = n``: WS's population std v; ``D = 1``: ``||W - m||`` or ``||W||``):
@@ -22,7 +22,6 @@ from typing import List, Optional
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from mmdet_eps.models.layers import fan_in, is_centered, scale_divisor, unit_filters
 from mmdet_eps.ops import Impl, fused_eps_shift_, select_impl
@@ -119,7 +118,7 @@ def _eps_shift(params: List[Tensor], centered: bool, coefs: List[float], lam: fl
             _add_scaled(grads, params, [own] * len(params), foreach)
         _add_scaled(grads, units, [-c for c in coefs], foreach)
         return
-    # W -= lr (λ W - c x); when the optimizer shrinks W by (1 - lr λ) after this hook,
+    # W -= lr (λ W - c x); when the optimizer shrinks W by (1 - lr λ) after this term,
     # pre-divide the added part so the result is exact.
     if own:
         _scale(params, 1 - lr * own, foreach)
@@ -168,24 +167,20 @@ def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: s
         _single_tensor_eps_shift(*args, impl is Impl.TRACEABLE)
 
 
-class EpsShiftStep:
-    """Optimizer step pre-hook: the ε-shifted term for every param group tagged with
-    ``FAMILY_KEY``, computed from the parameters as the step finds them.
+@torch.no_grad()
+def apply_eps_shift(param_groups: List[dict]) -> None:
+    """The ε-shifted term for every param group tagged with ``FAMILY_KEY``, computed from the
+    parameters as they are now (those with a gradient).
 
-    Runs inside ``optimizer.step()``: after gradient clipping and AMP unscaling, and not at all on
-    a step that AMP skips for overflow. The group's ``FUSED_KEY`` (the fused CPU op; None: where
-    it applies) and then its own ``foreach`` flag choose the implementation. It holds no state:
-    under ``torch.compile`` (mmengine's ``compile=True`` compiles ``train_step``, optimizer step
-    included) it is traced into the compiled step like the optimizer's own update.
+    Called by the ε-shifted optimizers' ``step`` (``eps_shifted_optimizer``) before their update:
+    after gradient clipping and AMP unscaling, and not at all on a step that AMP skips for
+    overflow. The group's ``FUSED_KEY`` (the fused CPU op; None: where it applies) and then its
+    own ``foreach`` flag choose the implementation. It holds no state.
     """
-
-    @torch.no_grad()
-    def __call__(self, optimizer: Optimizer, *_) -> None:
-        for group in optimizer.param_groups:
-            family = group.get(FAMILY_KEY)
-            if family is None:
-                continue
-            eps_shift([p for p in group['params'] if p.grad is not None], family,
-                      group[EPS_KEY], group[LAMBDA_KEY], group[MODE_KEY], group['lr'],
-                      group.get('weight_decay', 0.), group.get(CORRECTION_KEY, 0),
-                      group.get('foreach'), group.get(FUSED_KEY))
+    for group in param_groups:
+        family = group.get(FAMILY_KEY)
+        if family is None:
+            continue
+        eps_shift([p for p in group['params'] if p.grad is not None], family, group[EPS_KEY],
+                  group[LAMBDA_KEY], group[MODE_KEY], group['lr'], group.get('weight_decay', 0.),
+                  group.get(CORRECTION_KEY, 0), group.get('foreach'), group.get(FUSED_KEY))
