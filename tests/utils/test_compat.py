@@ -148,12 +148,14 @@ print(max(float((a - b).abs().max()) for a, b in zip(ws + gs, eager[0] + eager[1
 
 @pytest.mark.slow
 @needs_compile
-def test_inductor_outer_loop_local_buffer_fix():
+def test_inductor_outer_loop_local_buffer_fix(tmp_path):
     """Fix 4: inductor's CPU codegen raises KeyError on an in-place write whose buffer it
     considers making local (torch 2.13, 2.14); with the plugin the graph compiles and equals
     eager."""
     def run(prefix: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, '-c', prefix + _TERM_THEN_UPDATE],
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / str(len(prefix))),
+                   TORCHINDUCTOR_FX_GRAPH_CACHE='0')  # compiled afresh, no cached kernels
+        return subprocess.run([sys.executable, '-c', prefix + _TERM_THEN_UPDATE], env=env,
                               capture_output=True, text=True, cwd=REPO, timeout=600)
 
     if torch.__version__ < '2.15':  # torch.__version__ compares as a version
