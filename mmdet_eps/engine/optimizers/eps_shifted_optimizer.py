@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional, Type
 import torch
 from torch.optim import Optimizer
 
+from mmdet_eps.utils.compat import is_compiling
+
 from .eps_shifted_regularizer import apply_eps_shift
 
 #: The profiler range of the term inside the step (eager mode; compilers drop ranges).
@@ -23,9 +25,11 @@ EPS_SHIFT_RANGE = 'EpsShifted.eps_shift'
 
 def _graph_break() -> None:
     """A dynamo graph break, as torch's optimizers place them around their no-grad update: the
-    compiled update is then an inference graph, which inductor applies in place."""
-    import torch._dynamo
-    torch._dynamo.graph_break()
+    compiled update is then an inference graph, which inductor applies in place. Nothing in
+    eager mode."""
+    if is_compiling():
+        import torch._dynamo
+        torch._dynamo.graph_break()
 
 
 class EpsShiftedOptimizer:
