@@ -1,5 +1,5 @@
 """mmengine's ``compile=True`` trains the WS + ε toy detectors: the compiled ``train_step``
-(forward, backward and the optimizer step with its ε-shifted hook) gives the losses and weights
+(forward, backward and the ε-shifted optimizer step) gives the losses and weights
 of eager training over the same iterations and seed. And the ε-step after compiled forwards
 stays exact through gradient accumulation, in-place and ``.data`` writes and stage grouping."""
 import math

@@ -52,7 +52,7 @@ def test_param_groups_are_plain_dicts_that_dynamo_traces():
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(wrapper.optimizer.step)()
     torch._dynamo.reset()
-    assert explanation.graph_count >= 1  # traced (the ε-step hook is its one eager boundary)
+    assert explanation.graph_count >= 1  # traced: the term and the update
 
 
 def test_mmcv_convws_is_recognized_and_default_options_keep_working():
