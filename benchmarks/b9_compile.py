@@ -14,10 +14,11 @@ initial weights, each compiled once before timing:
   inside the compiled graph (opaque to inductor).
 
 Cases: batch 2 at 320x320 (goal <= 1.05x, 20 rounds) and the B8 thin proxy
-(``base_channels=4``, 32x32, goal <= 1.08x, 200 rounds). Reported besides the paired time ratio: compile time (first call, cold: no
-inductor cache), graph breaks of the forward + loss (``torch._dynamo.explain``; goal 0) and the
-kernels inductor generated (``torch._inductor.metrics.generated_kernel_count``; the difference
-to ``plain`` is what the normalization costs in kernels).
+(``base_channels=4``, 32x32, goal <= 1.08x, 200 rounds). Reported besides the paired time
+ratio: compile time (first call, cold: no inductor cache), graph breaks of the forward + loss
+(``torch._dynamo.explain``; goal 0) and the kernels inductor generated
+(``torch._inductor.metrics.generated_kernel_count``; the difference to ``plain`` is what the
+normalization costs in kernels).
 
     python benchmarks/b9_compile.py [--quick] [--device cuda] [--cases full thin]
 """
