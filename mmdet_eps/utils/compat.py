@@ -200,9 +200,12 @@ def _fix_outer_loop_local_buffer() -> None:
     """Fix 4, where torch has the outer-loop local buffers. Idempotent."""
     if TorchVersion(torch.__version__) < '2.5':
         return
-    from torch._inductor.loop_body import LoopBody
-    get_read_expr = LoopBody.get_read_expr
-    if getattr(get_read_expr, 'none_if_not_loaded', False):
+    try:
+        from torch._inductor.loop_body import LoopBody
+    except ImportError:  # inductor's layout moved: nothing of this code to fix
+        return
+    get_read_expr = getattr(LoopBody, 'get_read_expr', None)
+    if get_read_expr is None or getattr(get_read_expr, 'none_if_not_loaded', False):
         return
 
     @functools.wraps(get_read_expr)

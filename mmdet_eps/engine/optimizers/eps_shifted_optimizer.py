@@ -81,10 +81,10 @@ def eps_shifted_class(base: Type[Optimizer]) -> Type[Optimizer]:
     Returns:
         type: ``EpsShifted<base name>``, a subclass of ``base``.
     """
-    if issubclass(base, EpsShiftedOptimizer):
-        return base
     if not (isinstance(base, type) and issubclass(base, Optimizer)):
         raise TypeError(f'expected a torch.optim.Optimizer subclass, got {base!r}')
+    if issubclass(base, EpsShiftedOptimizer):
+        return base
     cls = type(f'EpsShifted{base.__name__}', (EpsShiftedOptimizer, base), {
         '__module__': __name__,
         '__doc__': f'{base.__name__} with the ε-shifted term applied in its step.',

@@ -167,12 +167,12 @@ def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: s
         _single_tensor_eps_shift(*args, impl is Impl.TRACEABLE)
 
 
-@torch.no_grad()
 def apply_eps_shift(param_groups: List[dict]) -> None:
     """The ε-shifted term for every param group tagged with ``FAMILY_KEY``, computed from the
-    parameters as they are now (those with a gradient).
+    parameters as they are now (those with a gradient). Runs without gradients.
 
-    Called by the ε-shifted optimizers' ``step`` (``eps_shifted_optimizer``) before their update:
+    Called by the ε-shifted optimizers' ``step`` (``eps_shifted_optimizer``), inside its no-grad
+    region, before their update:
     after gradient clipping and AMP unscaling, and not at all on a step that AMP skips for
     overflow. The group's ``FUSED_KEY`` (the fused CPU op; None: where it applies) and then its
     own ``foreach`` flag choose the implementation. It holds no state.
