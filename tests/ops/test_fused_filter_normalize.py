@@ -71,6 +71,22 @@ def test_float32_is_close_to_float64():
         torch.testing.assert_close(o32.double(), _reference(w, spec), rtol=1e-5, atol=1e-5)
 
 
+def test_float32_filters_far_from_zero_keep_their_precision():
+    """The ops reduce each filter in one pass, shifted by one of its values: a filter whose
+    mean is 10^4 of its spread is normalized and stepped as in float64 (a one-pass variance
+    about 0 would lose every digit in float32)."""
+    torch.manual_seed(0)
+    w32 = torch.randn(8, 16, 3, 3) * 1e-3 + 10.
+    w64 = w32.double()  # the same values
+    spec = FilterNorm.build(fan_in(w64), 1e-5, True, fan_in(w64))
+    (out, ), = normalize_batch([spec], [[w32]], True)
+    torch.testing.assert_close(out.double(), _reference(w64, spec), rtol=1e-3, atol=1e-3)
+    target = torch.zeros_like(w32)
+    fused_eps_shift_([target], [w32], [0.], [1.], [1])
+    unit = _reference(w64, FilterNorm.build(fan_in(w64), 0., True, fan_in(w64)))
+    torch.testing.assert_close(target.double(), unit, rtol=1e-3, atol=1e-3)
+
+
 def test_one_op_forward_and_one_backward():
     specs, weights = _batch()
     flat = [group[0] for group in weights]

@@ -10,8 +10,11 @@
 //
 // normalize_filters returns the per-filter means and rstds of all weights concatenated (two
 // tensors) for its backward, which addresses a weight's filters by an offset into them. The
-// step, eps_shift_, needs nothing from a forward: per filter it reduces the row (it fits in
-// L1) and then updates, reading each weight once. Registered as mmdet_eps::normalize_filters,
+// step, eps_shift_, needs nothing from a forward: per filter it reduces the row in one pass
+// (it fits in L1) and then updates, reading each weight once. A row's first pass prefetches
+// the row that its second pass writes, so that the two memory streams overlap instead of
+// following each other (single-stream reads are latency bound: the step took 1.5x a plain
+// add without it). Registered as mmdet_eps::normalize_filters,
 // normalize_filters_backward and eps_shift_, so that dispatch (and a TorchDispatchMode op
 // counter) sees one op per call.
 #include <ATen/ATen.h>
@@ -65,37 +68,47 @@ int64_t grain_rows(int64_t n) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(n, 1));
 }
 
-// sum over i < n of f(i), for an element-wise term f
-template <typename T, typename F>
-inline double lane_sum(int64_t n, F f) {
-  double total = 0;
+// Prefetch, for writing, the cache lines of kLanes elements from p.
+template <typename T>
+inline void prefetch_lanes(const T* p) {
+  for (int64_t j = 0; j < kLanes; j += 64 / static_cast<int64_t>(sizeof(T)))
+    __builtin_prefetch(p + j, 1, 3);
+}
+
+// (sum (x - shift), sum (x - shift)^2) in one pass, prefetching `pre` (the row written next)
+template <typename T>
+inline std::pair<double, double> shifted_moments(const T* x, int64_t n, T shift, const T* pre) {
+  double total = 0, total_sq = 0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
-    T acc[kLanes] = {};
+    T acc[kLanes] = {}, acc_sq[kLanes] = {};
     int64_t i = start;
     for (; i + kLanes <= end; i += kLanes) {
 #pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) acc[j] += f(i + j);
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T d = x[i + j] - shift;
+        acc[j] += d;
+        acc_sq[j] += d * d;
+      }
+      prefetch_lanes(pre + i);
     }
-    for (; i < end; ++i) acc[0] += f(i);
-    for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+    for (; i < end; ++i) {
+      const T d = x[i] - shift;
+      acc[0] += d;
+      acc_sq[0] += d * d;
+    }
+    for (int64_t j = 0; j < kLanes; ++j) {
+      total += acc[j];
+      total_sq += acc_sq[j];
+    }
   }
-  return total;
+  return {total, total_sq};
 }
 
+// (sum g, sum g (x - shift)), prefetching `pre` (the row written next)
 template <typename T>
-inline double sum_shifted(const T* x, int64_t n, T shift) {
-  return lane_sum<T>(n, [&](int64_t i) { return x[i] - shift; });
-}
-
-template <typename T>
-inline double sum_sq_shifted(const T* x, int64_t n, T shift) {
-  return lane_sum<T>(n, [&](int64_t i) { return (x[i] - shift) * (x[i] - shift); });
-}
-
-// (sum g, sum g (x - shift))
-template <typename T>
-inline std::pair<double, double> sum_and_dot(const T* g, const T* x, int64_t n, T shift) {
+inline std::pair<double, double> sum_and_dot(const T* g, const T* x, int64_t n, T shift,
+                                             const T* pre) {
   double total_g = 0, total_gx = 0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
@@ -107,6 +120,7 @@ inline std::pair<double, double> sum_and_dot(const T* g, const T* x, int64_t n, 
         acc_g[j] += g[i + j];
         acc_gx[j] += g[i + j] * (x[i + j] - shift);
       }
+      prefetch_lanes(pre + i);
     }
     for (; i < end; ++i) {
       acc_g[0] += g[i];
@@ -135,12 +149,15 @@ __attribute__((target_clones("avx2", "default"))) void normalize_rows(
   const double tiny = eps ? std::numeric_limits<T>::min() : 0.;
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = x + row * n;
-    const T m = centered ? static_cast<T>(sum_shifted<T>(xr, n, 0) / n) : 0;
-    const T r = static_cast<T>(1 / std::sqrt(sum_sq_shifted<T>(xr, n, m) / n + tiny));
-    const T t = r / (static_cast<T>(shift) + static_cast<T>(eps) * r);
     T* o = out + row * n;
+    const T pivot = centered && n ? xr[0] : 0;  // see eps_shift_rows
+    const auto [sum, sum_sq] = shifted_moments<T>(xr, n, pivot, o);
+    const double mu = centered ? sum / n : 0.;
+    const T m = static_cast<T>(pivot + mu);
+    const T r = static_cast<T>(1 / std::sqrt(std::max(sum_sq / n - mu * mu, 0.) + tiny));
+    const T t = r / (static_cast<T>(shift) + static_cast<T>(eps) * r);
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) o[i] = t * xr[i] - m * t;
+    for (int64_t i = 0; i < n; ++i) o[i] = t * (xr[i] - m);
     mean[row] = m;
     rstd[row] = r;
   }
@@ -156,7 +173,7 @@ __attribute__((target_clones("avx2", "default"))) void normalize_rows_backward(
     const T* xr = x + row * n;
     const T m = mean[row];
     const double r = rstd[row];
-    const auto [sum_g, dot] = sum_and_dot<T>(gr, xr, n, m);
+    const auto [sum_g, dot] = sum_and_dot<T>(gr, xr, n, m, dx + row * n);
     const double t = r / (shift + eps * r);
     const double b = shift * t * t * r * dot / n;
     const double g_mean = centered ? sum_g / n : 0.;
@@ -174,10 +191,15 @@ __attribute__((target_clones("avx2", "default"))) void eps_shift_rows(
   const double tiny = std::numeric_limits<T>::min();
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = x + row * n;
-    const T m = centered ? static_cast<T>(sum_shifted<T>(xr, n, 0) / n) : 0;
-    const T scale = static_cast<T>(b / std::sqrt(sum_sq_shifted<T>(xr, n, m) / n + tiny));
-    const T a_t = static_cast<T>(a);
     T* tr = target + row * n;
+    // shifted by one of the row's values, the one-pass variance keeps its precision
+    const T shift = centered && n ? xr[0] : 0;
+    const auto [sum, sum_sq] = shifted_moments<T>(xr, n, shift, tr);
+    const double mu = centered ? sum / n : 0.;
+    const T m = static_cast<T>(shift + mu);
+    const double var = std::max(sum_sq / n - mu * mu, 0.);
+    const T scale = static_cast<T>(b / std::sqrt(var + tiny));
+    const T a_t = static_cast<T>(a);
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) tr[i] += a_t * xr[i] + scale * (xr[i] - m);
   }
