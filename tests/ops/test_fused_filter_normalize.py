@@ -72,9 +72,9 @@ def test_float32_is_close_to_float64():
 
 
 def test_float32_filters_far_from_zero_keep_their_precision():
-    """The ops reduce each filter in one pass, shifted by one of its values: a filter whose
-    mean is 10^4 of its spread is normalized and stepped as in float64 (a one-pass variance
-    about 0 would lose every digit in float32)."""
+    """A filter whose mean is 10^4 times its spread is normalized (two passes) and stepped (one
+    pass, shifted by one of the filter's values) as in float64: a one-pass variance about 0
+    would lose every digit in float32."""
     torch.manual_seed(0)
     w32 = torch.randn(8, 16, 3, 3) * 1e-3 + 10.
     w64 = w32.double()  # the same values
