@@ -34,9 +34,10 @@ def select_impl(tensors: Sequence[Tensor], fused: Optional[bool] = None) -> Impl
     Args:
         tensors (Sequence[Tensor]): What the ops would read and write.
         fused (bool, optional): True: the fused CPU ops (an error where they cannot run);
-            False: torch ops. Defaults to None: fused in eager mode where the ops take the
-            tensors; under ``torch.compile`` torch ops, which inductor fuses itself on any
-            device. Exporters always get torch ops.
+            False: torch ops. Defaults to None: the fused ops wherever they take the tensors,
+            in eager mode and (as custom ops, torch >= 2.4) in compiled graphs alike; torch
+            ops elsewhere (GPUs: there inductor fuses them itself). Exporters always get torch
+            ops.
 
     Returns:
         Impl: The implementation to run.
@@ -44,7 +45,7 @@ def select_impl(tensors: Sequence[Tensor], fused: Optional[bool] = None) -> Impl
     if exporting():
         return Impl.TRACEABLE
     torch_ops = Impl.TRACEABLE if is_compiling() else Impl.TORCH
-    if fused is False or (fused is None and torch_ops is Impl.TRACEABLE):
+    if fused is False:
         return torch_ops
     why = fused_unsupported(tensors)
     if why is None:

@@ -1,7 +1,8 @@
 """Typed wrappers of the fused CPU ops in ``csrc/filter_normalize.cpp``.
 
 The ops take lists of weights of any filter shapes and work per filter in one call each:
-``normalize_filters`` (forward: normalized weights, per-filter mean and rstd), its backward, and
+``normalize_filters`` (forward: normalized weights and per-filter rstds), its backward (from
+the normalized weights, which the convolutions keep anyway, not from the weights), and
 ``eps_shift_`` (``target += a W + b (W - m) rstd``, the ε-shifted step, with each filter's mean
 and rstd reduced from the weight as it is at the step). They are built by
 ``setup.py`` as ``mmdet_eps._ext_torch<major>_<minor>`` (a plain shared library registering
@@ -14,7 +15,10 @@ As torch documents for custom ops, each op has a fake kernel (output shapes from
 ``torch.library.register_fake``) and ``normalize_filters`` its autograd formula
 (``torch.library.register_autograd``: the backward op), so ``torch.compile`` and AOT autograd
 trace them like aten ops (``torch.library.opcheck`` passes, tests/ops). torch < 2.4 has no such
-registration: there the ops run in eager mode only and compiled graphs use torch ops.
+registration: there the ops run in eager mode only and compiled graphs use torch ops. In a
+compiled graph the forward writes channels-last outputs, the layout that inductor's CPU
+convolutions take, and the backward takes the gradients in the layout they come in
+(``flexible_layout``): no weight or gradient is copied into another layout for them.
 """
 import glob
 import os.path as osp
@@ -55,18 +59,19 @@ def _load() -> bool:
 
 
 def _fake_normalize_filters(weights: List[Tensor], shift: List[float], eps: List[float],
-                            centered: List[int]) -> Tuple[List[Tensor], Tensor, Tensor]:
+                            centered: List[int],
+                            channels_last: bool = False) -> Tuple[List[Tensor], Tensor]:
     torch._check(len(weights) > 0, lambda: 'normalize_filters: no weights')
-    total = sum(w.shape[0] for w in weights)
-    return ([torch.empty_like(w) for w in weights], weights[0].new_empty(total),
-            weights[0].new_empty(total))
+    outs = [torch.empty_like(w, memory_format=torch.channels_last)
+            if channels_last and w.dim() == 4 else torch.empty_like(w) for w in weights]
+    return outs, weights[0].new_empty(sum(w.shape[0] for w in weights))
 
 
-def _fake_normalize_filters_backward(grads: List[Tensor], weights: List[Tensor], mean: Tensor,
-                                     rstd: Tensor, offsets: List[int], shift: List[float],
-                                     eps: List[float], centered: List[int]) -> List[Tensor]:
-    torch._check(len(grads) == len(weights), lambda: 'argument lists of different lengths')
-    return [torch.empty_like(w) for w in weights]
+def _fake_normalize_filters_backward(grads: List[Tensor], outs: List[Tensor], rstd: Tensor,
+                                     offsets: List[int], shift: List[float], eps: List[float],
+                                     centered: List[int]) -> List[Tensor]:
+    torch._check(len(grads) == len(outs), lambda: 'argument lists of different lengths')
+    return [torch.empty_like(o, memory_format=torch.contiguous_format) for o in outs]
 
 
 def _fake_eps_shift_(targets: List[Tensor], weights: List[Tensor], a: List[float],
@@ -74,13 +79,14 @@ def _fake_eps_shift_(targets: List[Tensor], weights: List[Tensor], a: List[float
     torch._check(len(targets) == len(weights), lambda: 'argument lists of different lengths')
 
 
-def _save(ctx, weights: Sequence[Tensor], outs: Sequence[Tensor], mean: Tensor, rstd: Tensor,
+def _save(ctx, weights: Sequence[Tensor], outs: Sequence[Tensor], rstd: Tensor,
           shift: Sequence[float], eps: Sequence[float], centered: Sequence[int]) -> None:
-    """What the backward of ``normalize_filters`` needs, in an autograd ``ctx``."""
-    ctx.save_for_backward(*weights, mean, rstd)
+    """What the backward of ``normalize_filters`` needs, in an autograd ``ctx``: the outputs
+    (which the convolutions save too) and the rstds."""
+    ctx.save_for_backward(*outs, rstd)
     ctx.args = (offsets_of(weights), list(shift), list(eps), list(centered))
     # a frozen weight's output needs no gradient: its conv skips the weight's backward
-    ctx.mark_non_differentiable(mean, rstd,
+    ctx.mark_non_differentiable(rstd,
                                 *[o for o, w in zip(outs, weights) if not w.requires_grad])
     ctx.set_materialize_grads(False)  # an unused output's weight gets no gradient, not zeros
 
@@ -88,26 +94,27 @@ def _save(ctx, weights: Sequence[Tensor], outs: Sequence[Tensor], mean: Tensor, 
 def _weight_grads(ctx, grads: Sequence[Optional[Tensor]],
                   needs: Sequence[bool]) -> List[Optional[Tensor]]:
     """The weights' gradients (None for a frozen weight or an unused output)."""
-    *weights, mean, rstd = ctx.saved_tensors
+    *outs, rstd = ctx.saved_tensors
     need = [i for i, needed in enumerate(needs) if needed and grads[i] is not None]
     offsets, shift, eps, centered = ([seq[i] for i in need] for seq in ctx.args)
     grads_in = fused_normalize_filters_backward([grads[i] for i in need],
-                                                [weights[i] for i in need], mean, rstd, offsets,
-                                                shift, eps, centered)
-    result: List[Optional[Tensor]] = [None] * len(weights)
+                                                [outs[i] for i in need], rstd, offsets, shift,
+                                                eps, centered)
+    result: List[Optional[Tensor]] = [None] * len(outs)
     for i, grad in zip(need, grads_in):
         result[i] = grad
     return result
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
-    weights, shift, eps, centered = inputs
+    weights, shift, eps, centered = inputs[:4]
     _save(ctx, weights, *output, shift, eps, centered)
 
 
-def _backward(ctx, grads: List[Optional[Tensor]], grad_mean: Optional[Tensor],
-              grad_rstd: Optional[Tensor]) -> tuple:
-    return _weight_grads(ctx, grads, ctx.needs_input_grad[0]), None, None, None
+def _backward(ctx, grads: List[Optional[Tensor]], grad_rstd: Optional[Tensor]) -> tuple:
+    # one entry per argument given (channels_last is optional)
+    return (_weight_grads(ctx, grads, ctx.needs_input_grad[0]),
+            *[None] * (len(ctx.needs_input_grad) - 1))
 
 
 class _FusedNormalizeFilters(torch.autograd.Function):
@@ -120,15 +127,14 @@ class _FusedNormalizeFilters(torch.autograd.Function):
     def forward(ctx, shift: List[float], eps: List[float], centered: List[int],
                 *weights: Tensor) -> Tuple[Tensor, ...]:
         with below_autograd():
-            outs, mean, rstd = torch.ops.mmdet_eps.normalize_filters(weights, shift, eps,
-                                                                      centered)
-        _save(ctx, weights, outs, mean, rstd, shift, eps, centered)
-        return (*outs, mean, rstd)
+            outs, rstd = torch.ops.mmdet_eps.normalize_filters(weights, shift, eps, centered)
+        _save(ctx, weights, outs, rstd, shift, eps, centered)
+        return (*outs, rstd)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-        return (None, None, None, *_weight_grads(ctx, grads[:-2], ctx.needs_input_grad[3:]))
+        return (None, None, None, *_weight_grads(ctx, grads[:-1], ctx.needs_input_grad[3:]))
 
 
 def _register() -> None:
@@ -169,28 +175,29 @@ def fused_unsupported(tensors: Sequence[Tensor]) -> Optional[str]:
 
 def fused_normalize_filters(weights: Sequence[Tensor], shift: Sequence[float],
                             eps: Sequence[float],
-                            centered: Sequence[int]) -> Tuple[List[Tensor], Tensor, Tensor]:
-    """Per weight ``(W - m) t`` (``m = 0`` unless centered), ``t = rstd / (shift + eps rstd)``.
+                            centered: Sequence[int]) -> Tuple[List[Tensor], Tensor]:
+    """Per weight ``(W - m) t`` (``m = 0`` unless centered), ``t = rstd / (shift + eps rstd)``;
+    channels-last outputs of 4-d weights under ``torch.compile`` (see the module's docstring).
 
     Returns:
-        tuple[list[Tensor], Tensor, Tensor]: The normalized weights, and the per-filter means
-        and rstds (``1 / sqrt(||u||² / n)``, plus float's smallest normal number inside the
-        sqrt when ``eps > 0``) of all weights, concatenated in order.
+        tuple[list[Tensor], Tensor]: The normalized weights, and the per-filter rstds
+        (``1 / sqrt(||u||² / n)``, plus float's smallest normal number inside the sqrt when
+        ``eps > 0``) of all weights, concatenated in order.
     """
     if is_compiling():
-        return torch.ops.mmdet_eps.normalize_filters(weights, shift, eps, centered)
-    *outs, mean, rstd = _FusedNormalizeFilters.apply(shift, eps, centered, *weights)
-    return list(outs), mean, rstd
+        return torch.ops.mmdet_eps.normalize_filters(weights, shift, eps, centered, True)
+    *outs, rstd = _FusedNormalizeFilters.apply(shift, eps, centered, *weights)
+    return list(outs), rstd
 
 
-def fused_normalize_filters_backward(grads: Sequence[Tensor], weights: Sequence[Tensor],
-                                     mean: Tensor, rstd: Tensor, offsets: Sequence[int],
+def fused_normalize_filters_backward(grads: Sequence[Tensor], outs: Sequence[Tensor],
+                                     rstd: Tensor, offsets: Sequence[int],
                                      shift: Sequence[float], eps: Sequence[float],
                                      centered: Sequence[int]) -> List[Tensor]:
-    """The gradients of weights given those of their :func:`fused_normalize_filters` outputs;
-    weight ``i``'s statistics start at ``offsets[i]`` in ``mean`` and ``rstd``."""
-    return torch.ops.mmdet_eps.normalize_filters_backward(grads, weights, mean, rstd, offsets,
-                                                          shift, eps, centered)
+    """The gradients of weights given those of their :func:`fused_normalize_filters` outputs
+    ``outs``; weight ``i``'s rstds start at ``offsets[i]`` in ``rstd``."""
+    return torch.ops.mmdet_eps.normalize_filters_backward(grads, outs, rstd, offsets, shift, eps,
+                                                          centered)
 
 
 def offsets_of(weights: Sequence[Tensor]) -> List[int]:

@@ -158,13 +158,41 @@ def test_fused_step_of_zero_and_constant_filters_is_plain_decay():
     torch.testing.assert_close(target, 0.1 * w)
 
 
+def test_channels_last_outputs_and_gradients_equal_contiguous_ones():
+    """In a compiled graph the forward writes channels-last outputs (what inductor's CPU convs
+    take) and the backward takes gradients in whatever layout they come: same numbers."""
+    _, weights = _batch()
+    flat = [w.detach() for (w, ) in weights]
+    args = ([1.0, 2.5, 1.0, 0.5, 1.0], [1e-5, 0., 0.3, 1e-3, 0.], [1, 1, 1, 0, 0])
+    offsets = [0, 6, 11, 14, 18]
+    outs, rstd = torch.ops.mmdet_eps.normalize_filters(flat, *args)
+    cl_outs, cl_rstd = torch.ops.mmdet_eps.normalize_filters(flat, *args, True)
+    grads = [torch.randn_like(o) for o in outs]
+    expected = torch.ops.mmdet_eps.normalize_filters_backward(grads, outs, rstd, offsets, *args)
+    for out, cl_out in zip(outs, cl_outs):
+        assert cl_out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(cl_out, out, rtol=0, atol=0)
+    torch.testing.assert_close(cl_rstd, rstd, rtol=0, atol=0)
+    layouts = {  # gradients: channels-last, contiguous, and neither (a transposed copy)
+        'channels_last': [g.contiguous(memory_format=torch.channels_last) for g in grads],
+        'contiguous': grads,
+        'strided': [g.transpose(2, 3).contiguous().transpose(2, 3) for g in grads]}
+    for name, layout in layouts.items():
+        for saved in (outs, cl_outs):
+            got = torch.ops.mmdet_eps.normalize_filters_backward(layout, saved, rstd, offsets,
+                                                                 *args)
+            for g, e, o in zip(got, expected, saved):
+                assert g.is_contiguous(), name  # the layout of the weights
+                torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_ops_check_their_arguments():
     w = torch.randn(4, 3, 3, 3)
     with pytest.raises(RuntimeError, match='different lengths'):
         fused_eps_shift_([w.clone()], [w], [0.1, 0.2], [0.1], [1])
     with pytest.raises(RuntimeError, match='target of another shape'):
         fused_eps_shift_([w[:2].clone()], [w], [0.1], [0.1], [1])
-    with pytest.raises(RuntimeError, match='contiguous CPU tensors of one dtype'):
+    with pytest.raises(RuntimeError, match='CPU tensors of one dtype'):
         fused_eps_shift_([w.double()], [w], [0.1], [0.1], [1])
 
 
@@ -176,12 +204,15 @@ def test_ops_pass_opcheck():
     _, weights = _batch(dtype=torch.float32)
     flat = [w.detach().requires_grad_(i != 1) for i, (w, ) in enumerate(weights)]
     args = ([1.0, 2.5, 1.0, 0.5, 1.0], [1e-5, 0., 0.3, 1e-3, 0.], [1, 1, 1, 0, 0])
-    torch.library.opcheck(torch.ops.mmdet_eps.normalize_filters.default, (flat, *args))
-    outs, mean, rstd = torch.ops.mmdet_eps.normalize_filters([w.detach() for w in flat], *args)
-    grads = [torch.randn_like(w) for w in flat]
-    offsets = [0, 6, 11, 14, 18]
-    torch.library.opcheck(torch.ops.mmdet_eps.normalize_filters_backward.default,
-                          (grads, [w.detach() for w in flat], mean, rstd, offsets, *args))
+    for channels_last in (False, True):
+        torch.library.opcheck(torch.ops.mmdet_eps.normalize_filters.default,
+                              (flat, *args, channels_last))
+        outs, rstd = torch.ops.mmdet_eps.normalize_filters([w.detach() for w in flat], *args,
+                                                           channels_last)
+        offsets = [0, 6, 11, 14, 18]
+        for grads in ([torch.randn_like(w) for w in flat], [torch.randn_like(o) for o in outs]):
+            torch.library.opcheck(torch.ops.mmdet_eps.normalize_filters_backward.default,
+                                  (grads, outs, rstd, offsets, *args))
     targets = [torch.randn_like(w) for w in flat]
     torch.library.opcheck(torch.ops.mmdet_eps.eps_shift_.default,
                           (targets, [w.detach() for w in flat], [0.1] * 5, [-0.2] * 5,

@@ -148,8 +148,8 @@ def eps_shift(params: List[Tensor], family: str, eps: float, lam: float, mode: s
             for torch ops. Defaults to None: multi-tensor unless the weights are on the CPU, as
             torch's optimizers choose.
         fused (bool, optional): The fused CPU op (one per group, see ``mmdet_eps.ops``) or torch
-            ops, as ``mmdet_eps.ops.select_impl`` decides. Defaults to None: fused in eager mode
-            where the op applies.
+            ops, as ``mmdet_eps.ops.select_impl`` decides. Defaults to None: fused where the op
+            applies, eager or compiled.
     """
     if not params:
         return

@@ -25,13 +25,12 @@ Three implementations, chosen per call by ``mmdet_eps.ops.select_impl`` (the one
 decides, for the layers and the ε-shifted step): the *torch-ops* path above, with its hand-written
 backward, runs eagerly on any device; the *fused* path (CPU, ``mmdet_eps.ops``) does the same
 arithmetic for all weights of the batch in one op forward and one backward, with no
-concatenation; the *traceable* path is the textbook expression in plain, differentiable torch
-ops (small weights of a filter shape concatenated, large ones alone: :func:`_traceable_group`),
-for ``torch.compile`` and the exporters: the compiler derives its backward and fuses it (the
-default under compile: the mechanism that carries to GPUs, on a par with the opaque fused ops
-on the CPU, B9), and an exported graph holds standard ops only. The fused ops are registered
-custom ops (schema, fake kernel, autograd: ``mmdet_eps.ops``), so ``torch.compile`` keeps them
-in its graph when asked for (``fused=True``).
+concatenation, in eager mode and, as registered custom ops (schema, fake kernel, autograd:
+``mmdet_eps.ops``), in compiled graphs; the *traceable* path is the textbook expression in
+plain, differentiable torch ops (small weights of a filter shape concatenated, large ones alone:
+:func:`_traceable_group`), for ``torch.compile`` where the fused ops do not run (GPUs,
+``fused=False``: the compiler derives its backward and fuses it) and for the exporters (an
+exported graph holds standard ops only).
 
 Nothing here is kept for later: the ε-shifted step recomputes what it needs from the parameters.
 """
@@ -243,8 +242,8 @@ def normalize_batch(specs: Sequence[FilterNorm], weights: Sequence[Sequence[Tens
         weights (Sequence[Sequence[Tensor]]): The weights, one list per filter shape.
         fused (bool, optional): The fused CPU ops (one op forward and one backward for all the
             weights) or torch ops (a few per filter shape, on any device); see
-            ``mmdet_eps.ops.select_impl``. Defaults to None: fused in eager mode where the ops
-            take the weights, torch ops that inductor fuses under ``torch.compile``.
+            ``mmdet_eps.ops.select_impl``. Defaults to None: fused wherever the ops take the
+            weights (CPU), eager or compiled; torch ops elsewhere.
 
     Returns:
         list[list[Tensor]]: The normalized weights, nested as ``weights``.

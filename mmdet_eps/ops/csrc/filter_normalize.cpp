@@ -8,9 +8,12 @@
 // float's smallest normal number if eps > 0, else 0), W' = u t with
 // t = rstd / (c + eps rstd) = 1 / (c sigma + eps), c = sqrt(n / D).
 //
-// normalize_filters returns the per-filter means and rstds of all weights concatenated (two
-// tensors) for its backward, which addresses a weight's filters by an offset into them. The
-// step, eps_shift_, needs nothing from a forward: per filter it reduces the row in one pass
+// normalize_filters returns the per-filter rstds of all weights concatenated for its
+// backward, which reads the normalized weights (what the convolutions keep for their own
+// backward anyway, not the weights) and addresses a weight's filters by an offset into the
+// rstds. Under torch.compile the forward writes channels-last outputs, the layout inductor's
+// CPU convolutions take: then no weight is copied into that layout, neither for the
+// convolutions nor for the backward. The step, eps_shift_, needs nothing from a forward: per filter it reduces the row in one pass
 // (it fits in L1) and then updates, reading each weight once. A row's first pass prefetches
 // the row that its last pass writes, so that the two memory streams overlap instead of
 // following each other (single-stream reads are latency bound: the step took 1.5x a plain
@@ -125,10 +128,9 @@ inline std::pair<double, double> shifted_moments(const T* x, int64_t n, T shift,
   return {total, total_sq};
 }
 
-// (sum g, sum g (x - shift)), prefetching `pre` (the row written next)
+// (sum g, sum g y), prefetching `pre` (the row written next)
 template <typename T>
-inline std::pair<double, double> sum_and_dot(const T* g, const T* x, int64_t n, T shift,
-                                             const T* pre) {
+inline std::pair<double, double> sum_and_dot(const T* g, const T* y, int64_t n, const T* pre) {
   double total_g = 0, total_gx = 0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
@@ -138,13 +140,13 @@ inline std::pair<double, double> sum_and_dot(const T* g, const T* x, int64_t n, 
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) {
         acc_g[j] += g[i + j];
-        acc_gx[j] += g[i + j] * (x[i + j] - shift);
+        acc_gx[j] += g[i + j] * y[i + j];
       }
       prefetch_lanes(pre + i);
     }
     for (; i < end; ++i) {
       acc_g[0] += g[i];
-      acc_gx[0] += g[i] * (x[i] - shift);
+      acc_gx[0] += g[i] * y[i];
     }
     for (int64_t j = 0; j < kLanes; ++j) {
       total_g += acc_g[j];
@@ -161,11 +163,12 @@ inline void axpby_c(T* out, const T* x, const T* y, int64_t n, T a, T b, T c) {
   for (int64_t i = 0; i < n; ++i) out[i] = a * x[i] + b * y[i] + c;
 }
 
-// Rows [begin, end) of one weight (rows of n elements).
+// Rows [begin, end) of one weight (rows of n elements); spatial > 1: write each output row
+// channels-last, element (c, k) of the filter at k * n / spatial + c.
 template <typename T>
 __attribute__((target_clones("avx2", "default"))) void normalize_rows(
-    const T* x, T* out, T* mean, T* rstd, int64_t begin, int64_t end, int64_t n, double shift,
-    double eps, bool centered) {
+    const T* x, T* out, T* rstd, int64_t begin, int64_t end, int64_t n, int64_t spatial,
+    double shift, double eps, bool centered) {
   const double tiny = eps ? std::numeric_limits<T>::min() : 0.;
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = x + row * n;
@@ -178,29 +181,49 @@ __attribute__((target_clones("avx2", "default"))) void normalize_rows(
         n, [&](int64_t i) { return (xr[i] - m) * (xr[i] - m); }, centered ? nullptr : o);
     const T r = static_cast<T>(1 / std::sqrt(sq / n + tiny));
     const T t = r / (static_cast<T>(shift) + static_cast<T>(eps) * r);
+    if (spatial == 1) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) o[i] = t * (xr[i] - m);
-    mean[row] = m;
+      for (int64_t i = 0; i < n; ++i) o[i] = t * (xr[i] - m);
+    } else {
+      const int64_t channels = n / spatial;
+      for (int64_t k = 0; k < spatial; ++k) {
+        T* ok = o + k * channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) ok[c] = t * (xr[c * spatial + k] - m);
+      }
+    }
     rstd[row] = r;
   }
 }
 
-// dW = t (g - mean(g)) - c t^2 rstd <g, u> / n * u   (mean(g) only when centered)
+// dW = t (g - mean(g)) - c t^2 rstd <g, u> / n * u   (mean(g) only when centered), from the
+// output y = t u: dW = t (g - mean(g)) - c rstd <g, y> / n * y. spatial > 1: g and y
+// channels-last, dW contiguous (element (c, k) of a row read at k * n / spatial + c).
 template <typename T>
 __attribute__((target_clones("avx2", "default"))) void normalize_rows_backward(
-    const T* g, const T* x, const T* mean, const T* rstd, T* dx, int64_t begin, int64_t end,
-    int64_t n, double shift, double eps, bool centered) {
+    const T* g, const T* y, const T* rstd, T* dx, int64_t begin, int64_t end, int64_t n,
+    int64_t spatial, double shift, double eps, bool centered) {
   for (int64_t row = begin; row < end; ++row) {
     const T* gr = g + row * n;
-    const T* xr = x + row * n;
-    const T m = mean[row];
+    const T* yr = y + row * n;
     const double r = rstd[row];
-    const auto [sum_g, dot] = sum_and_dot<T>(gr, xr, n, m, dx + row * n);
+    const auto [sum_g, dot] = sum_and_dot<T>(gr, yr, n, dx + row * n);
     const double t = r / (shift + eps * r);
-    const double b = shift * t * t * r * dot / n;
+    const double b = shift * r * dot / n;
     const double g_mean = centered ? sum_g / n : 0.;
-    axpby_c<T>(dx + row * n, gr, xr, n, static_cast<T>(t), static_cast<T>(-b),
-               static_cast<T>(b * m - t * g_mean));
+    const T a_t = static_cast<T>(t), b_t = static_cast<T>(-b), c_t = static_cast<T>(-t * g_mean);
+    if (spatial == 1) {
+      axpby_c<T>(dx + row * n, gr, yr, n, a_t, b_t, c_t);
+      continue;
+    }
+    const int64_t channels = n / spatial;
+    for (int64_t k = 0; k < spatial; ++k) {
+      const T* gk = gr + k * channels;
+      const T* yk = yr + k * channels;
+      T* dk = dx + row * n + k;
+#pragma omp simd
+      for (int64_t c = 0; c < channels; ++c) dk[c * spatial] = a_t * gk[c] + b_t * yk[c] + c_t;
+    }
   }
 }
 
@@ -230,9 +253,29 @@ __attribute__((target_clones("avx2", "default"))) void eps_shift_rows(
 
 int64_t row_size(const Tensor& w) { return w.size(0) ? w.numel() / w.size(0) : 0; }
 
+// A weight's filters are its rows: each a dense block of n elements at filter * n in a
+// contiguous and in a channels-last weight alike, which per-filter reductions may read in
+// either order. The backward takes both (the gradients of channels-last outputs come
+// channels-last), makes any other layout contiguous, and writes contiguous gradients, the
+// layout of the weights.
+at::MemoryFormat row_layout(const Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+Tensor dense_rows(const Tensor& t, at::MemoryFormat layout) {
+  return t.is_contiguous(layout) ? t : t.contiguous(layout);
+}
+
 void check_tensor(const char* op, const Tensor& t, at::ScalarType dtype) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == dtype, op,
-              ": tensors must be contiguous CPU tensors of one dtype");
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype, op,
+              ": tensors must be CPU tensors of one dtype");
+}
+
+void check_contiguous(const char* op, const Tensor& t, at::ScalarType dtype) {
+  check_tensor(op, t, dtype);
+  TORCH_CHECK(t.is_contiguous(), op, ": tensors must be contiguous");
 }
 
 void check_sizes(const char* op, size_t size, std::initializer_list<size_t> sizes) {
@@ -241,78 +284,82 @@ void check_sizes(const char* op, size_t size, std::initializer_list<size_t> size
 
 void check_stats(const char* op, const Tensor& stat, const Tensor& w, int64_t offset,
                  at::ScalarType dtype) {
-  check_tensor(op, stat, dtype);
+  check_contiguous(op, stat, dtype);
   TORCH_CHECK(stat.dim() == 1 && offset >= 0 && offset + w.size(0) <= stat.size(0), op,
               ": statistics out of range");
 }
 
-std::tuple<std::vector<Tensor>, Tensor, Tensor> normalize_filters(
-    TensorList weights, at::ArrayRef<double> shift, at::ArrayRef<double> eps,
-    at::IntArrayRef centered) {
+std::tuple<std::vector<Tensor>, Tensor> normalize_filters(TensorList weights,
+                                                         at::ArrayRef<double> shift,
+                                                         at::ArrayRef<double> eps,
+                                                         at::IntArrayRef centered,
+                                                         bool channels_last) {
   const char* op = "normalize_filters";
   const size_t size = weights.size();
   TORCH_CHECK(size > 0, op, ": no weights");
   check_sizes(op, size, {shift.size(), eps.size(), centered.size()});
   const auto dtype = weights[0].scalar_type();
   int64_t total = 0;
-  for (const Tensor& w : weights) {
-    check_tensor(op, w, dtype);
-    total += w.size(0);
-  }
   std::vector<Tensor> outs;
-  for (const Tensor& w : weights) outs.push_back(at::empty_like(w));
-  Tensor mean = at::empty({total}, weights[0].options());
+  for (const Tensor& w : weights) {
+    check_contiguous(op, w, dtype);
+    total += w.size(0);
+    outs.push_back(channels_last && w.dim() == 4
+                       ? at::empty_like(w, w.options(), at::MemoryFormat::ChannelsLast)
+                       : at::empty_like(w));
+  }
   Tensor rstd = at::empty({total}, weights[0].options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "mmdet_eps", [&] {
     int64_t offset = 0;
     for (size_t i = 0; i < size; ++i) {
       const Tensor& w = weights[i];
       const int64_t n = row_size(w);
+      const int64_t spatial = channels_last && w.dim() == 4 ? w.size(2) * w.size(3) : 1;
       const scalar_t* x = read_ptr<scalar_t>(w);
       scalar_t* out = write_ptr<scalar_t>(outs[i]);
-      scalar_t* m = write_ptr<scalar_t>(mean) + offset;
       scalar_t* r = write_ptr<scalar_t>(rstd) + offset;
       at::parallel_for(0, w.size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
-        normalize_rows<scalar_t>(x, out, m, r, begin, end, n, shift[i], eps[i], centered[i]);
+        normalize_rows<scalar_t>(x, out, r, begin, end, n, spatial, shift[i], eps[i],
+                                 centered[i]);
       });
       offset += w.size(0);
     }
   });
-  return {outs, mean, rstd};
+  return {outs, rstd};
 }
 
-std::vector<Tensor> normalize_filters_backward(TensorList grads, TensorList weights,
-                                               const Tensor& mean, const Tensor& rstd,
-                                               at::IntArrayRef offsets,
+std::vector<Tensor> normalize_filters_backward(TensorList grads, TensorList outs,
+                                               const Tensor& rstd, at::IntArrayRef offsets,
                                                at::ArrayRef<double> shift,
                                                at::ArrayRef<double> eps,
                                                at::IntArrayRef centered) {
   const char* op = "normalize_filters_backward";
-  const size_t size = weights.size();
+  const size_t size = outs.size();
   check_sizes(op, size, {grads.size(), offsets.size(), shift.size(), eps.size(), centered.size()});
   std::vector<Tensor> result;
   if (size == 0) return result;
-  const auto dtype = weights[0].scalar_type();
-  std::vector<Tensor> grad_list;  // a conv's weight gradient may come in another layout
+  const auto dtype = outs[0].scalar_type();
+  std::vector<Tensor> out_list, grad_list;  // a gradient is read in its output's layout
   for (size_t i = 0; i < size; ++i) {
-    check_tensor(op, weights[i], dtype);
-    check_stats(op, mean, weights[i], offsets[i], dtype);
-    check_stats(op, rstd, weights[i], offsets[i], dtype);
-    grad_list.push_back(grads[i].contiguous());
-    check_tensor(op, grad_list.back(), dtype);
-    TORCH_CHECK(grads[i].sizes() == weights[i].sizes(), op, ": gradient of another shape");
-    result.push_back(at::empty_like(weights[i]));
+    check_tensor(op, outs[i], dtype);
+    check_tensor(op, grads[i], dtype);
+    check_stats(op, rstd, outs[i], offsets[i], dtype);
+    TORCH_CHECK(grads[i].sizes() == outs[i].sizes(), op, ": gradient of another shape");
+    const auto layout = row_layout(outs[i]);
+    out_list.push_back(dense_rows(outs[i], layout));
+    grad_list.push_back(dense_rows(grads[i], layout));
+    result.push_back(at::empty(outs[i].sizes(), outs[i].options()));
   }
   AT_DISPATCH_FLOATING_TYPES(dtype, "mmdet_eps", [&] {
     for (size_t i = 0; i < size; ++i) {
-      const int64_t n = row_size(weights[i]);
+      const int64_t n = row_size(outs[i]);
       const scalar_t* g = read_ptr<scalar_t>(grad_list[i]);
-      const scalar_t* x = read_ptr<scalar_t>(weights[i]);
-      const scalar_t* m = read_ptr<scalar_t>(mean) + offsets[i];
+      const scalar_t* y = read_ptr<scalar_t>(out_list[i]);
       const scalar_t* r = read_ptr<scalar_t>(rstd) + offsets[i];
       scalar_t* dx = write_ptr<scalar_t>(result[i]);
-      at::parallel_for(0, weights[i].size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
-        normalize_rows_backward<scalar_t>(g, x, m, r, dx, begin, end, n, shift[i], eps[i],
+      const int64_t spatial = out_list[i].is_contiguous() ? 1 : outs[i].size(2) * outs[i].size(3);
+      at::parallel_for(0, outs[i].size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
+        normalize_rows_backward<scalar_t>(g, y, r, dx, begin, end, n, spatial, shift[i], eps[i],
                                           centered[i]);
       });
     }
@@ -328,8 +375,8 @@ void eps_shift_(TensorList targets, TensorList weights, at::ArrayRef<double> a,
   if (size == 0) return;
   const auto dtype = weights[0].scalar_type();
   for (size_t i = 0; i < size; ++i) {
-    check_tensor(op, weights[i], dtype);
-    check_tensor(op, targets[i], dtype);
+    check_contiguous(op, weights[i], dtype);
+    check_contiguous(op, targets[i], dtype);
     TORCH_CHECK(targets[i].sizes() == weights[i].sizes(), op, ": target of another shape");
   }
   for (const Tensor& target : targets) {
@@ -349,13 +396,22 @@ void eps_shift_(TensorList targets, TensorList weights, at::ArrayRef<double> a,
 
 }  // namespace
 
+// The backward takes outputs and gradients in the layout they come in (row_layout): inductor
+// need not copy them to the layout of the graph it traced (its default for custom ops).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6)
+#define MMDET_EPS_ANY_LAYOUT {at::Tag::flexible_layout}
+#else
+#define MMDET_EPS_ANY_LAYOUT {}
+#endif
+
 TORCH_LIBRARY(mmdet_eps, m) {
   m.def(
-      "normalize_filters(Tensor[] weights, float[] shift, float[] eps, int[] centered) -> "
-      "(Tensor[], Tensor, Tensor)");
+      "normalize_filters(Tensor[] weights, float[] shift, float[] eps, int[] centered, "
+      "bool channels_last=False) -> (Tensor[], Tensor)");
   m.def(
-      "normalize_filters_backward(Tensor[] grads, Tensor[] weights, Tensor mean, Tensor rstd, "
-      "int[] offsets, float[] shift, float[] eps, int[] centered) -> Tensor[]");
+      "normalize_filters_backward(Tensor[] grads, Tensor[] outs, Tensor rstd, int[] offsets, "
+      "float[] shift, float[] eps, int[] centered) -> Tensor[]",
+      MMDET_EPS_ANY_LAYOUT);
   m.def(
       "eps_shift_(Tensor(a!)[] targets, Tensor[] weights, float[] a, float[] b, int[] centered) "
       "-> ()");
