@@ -69,9 +69,12 @@ def test_compiled_train_step_equals_eager(config, tiny_coco, tmp_path):
     assert all(math.isfinite(v) for v in losses)
     for a, b in zip(losses, eager_losses):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    # compiled, the fused ops hand the convs channels-last weights (inductor's layout), so the
+    # convs round differently; a BN bias near 0 after two steps shows it in absolute terms
     for key, value in eager_state.items():
         if value.is_floating_point():
-            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=5e-5,
+                                       msg=lambda m: f'{key}: {m}')
 
 
 def test_compile_true_trains_with_inductor(tiny_coco, tmp_path):
@@ -159,29 +162,36 @@ def _compiled_step_stats(model, wrapper: OptimWrapper, x) -> dict:
                 not_ok=counters['frames']['total'] - counters['frames']['ok'])
 
 
+@pytest.mark.parametrize('fused, term_op', [(None, 'eps_shift_'), (False, 'rsqrt')],
+                         ids=['fused_ops', 'torch_ops'])
 @pytest.mark.parametrize('optimizer, update_ops', [
     (dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=0.05), {'clone', 'mul_'}),
     (dict(type='AdamW', lr=1e-3, weight_decay=0.05), {'addcdiv_'})], ids=['SGD', 'AdamW'])
-def test_eps_term_traces_into_the_compiled_optimizer_step(optimizer, update_ops):
+def test_eps_term_traces_into_the_compiled_optimizer_step(optimizer, update_ops, fused,
+                                                           term_op):
     """WS + ε adds no graph, graph break or skipped frame to a compiled train step beyond what
-    the plain ResNet with the same optimizer (plain weight decay) has: the term's ops (the unit
-    filters' ``rsqrt``) are in the graphs of the optimizer's own update (SGD's momentum buffer:
-    ``clone`` on the first step, ``mul_`` after; AdamW's ``addcdiv_``), where inductor fuses
-    them."""
+    the plain ResNet with the same optimizer (plain weight decay) has: the term (the fused op
+    ``eps_shift_``, the default on a CPU; with torch ops, the unit filters' ``rsqrt``) is in the
+    graphs of the optimizer's own update (SGD's momentum buffer: ``clone`` on the first step,
+    ``mul_`` after; AdamW's ``addcdiv_``). This backend captures graphs without AOT autograd,
+    so the fused normalization's registered backward runs as Python during ``backward()`` and
+    dynamo captures it as a graph of its own; inductor and ``aot_eager`` trace it ahead into
+    the backward graph."""
     x = torch.randn(2, 3, 32, 32)
     torch.manual_seed(0)
     plain = ResNet(depth=18, base_channels=8, norm_eval=False)
     plain_stats = _compiled_step_stats(plain, build_optim_wrapper(
         plain, dict(optimizer), eps_shift=dict(eps=0.3)), x)
     torch.manual_seed(0)
-    ws = WSResNet(depth=18, base_channels=8, norm_eval=False)
-    wrapper = build_optim_wrapper(ws, dict(optimizer), eps_shift=dict(eps=0.3))
+    ws = WSResNet(depth=18, base_channels=8, norm_eval=False, fused=fused)
+    wrapper = build_optim_wrapper(ws, dict(optimizer), eps_shift=dict(eps=0.3, fused=fused))
     assert any('eps_shift_family' in g for g in wrapper.optimizer.param_groups)
     ws_stats = _compiled_step_stats(ws, wrapper, x)
     plain_graphs, ws_graphs = plain_stats.pop('graphs'), ws_stats.pop('graphs')
+    ws_graphs = [ops for ops in ws_graphs if ops != {'getitem', 'normalize_filters_backward'}]
     assert ws_stats == plain_stats and len(ws_graphs) == len(plain_graphs)
-    assert not any('rsqrt' in ops for ops in plain_graphs)
-    term = [ops for ops in ws_graphs if 'rsqrt' in ops]
+    assert not any(term_op in ops for ops in plain_graphs)
+    term = [ops for ops in ws_graphs if term_op in ops]
     assert term and all(ops & update_ops for ops in term)
 
 
