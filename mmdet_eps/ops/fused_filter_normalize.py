@@ -17,8 +17,9 @@ As torch documents for custom ops, each op has a fake kernel (output shapes from
 trace them like aten ops (``torch.library.opcheck`` passes, tests/ops). torch < 2.4 has no such
 registration: there the ops run in eager mode only and compiled graphs use torch ops. In a
 compiled graph the forward writes channels-last outputs, the layout that inductor's CPU
-convolutions take, and the backward takes the gradients in the layout they come in
-(``flexible_layout``): no weight or gradient is copied into another layout for them.
+convolutions take, and the backward takes its inputs in the layout they come in
+(``flexible_layout``) and writes contiguous gradients, the weights' layout: inductor copies no
+weight or gradient into another layout for them.
 """
 import glob
 import os.path as osp
