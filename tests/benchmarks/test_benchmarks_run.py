@@ -39,5 +39,5 @@ def test_b9_quick_compiles_and_counts_no_graph_break(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())['rows']
-    assert [r['name'] for r in rows] == ['plain', 'ws_eps', 'ws_eps_fused_ops']
+    assert [r['name'] for r in rows] == ['plain', 'ws_eps', 'ws_eps_torch_ops']
     assert all(r['graph_breaks'] == 0 and r['compile_s'] > 0 and r['ratio'] > 0 for r in rows)
