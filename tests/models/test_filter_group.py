@@ -192,15 +192,18 @@ def test_grouping_cuts_the_ops_of_a_thin_resnet50():
     of benchmarks/b8_launch_bound.py) against mmdet's plain ResNet-50."""
     x = torch.randn(2, 3, 32, 32)
 
-    def ops(model):
-        return count_ops(lambda: sum(o.sum() for o in model(x)).backward()).total
+    def ops(model, but=()):
+        counts = count_ops(lambda: sum(o.sum() for o in model(x)).backward()).by_name
+        return sum(n for name, n in counts.items() if name not in but)
 
     plain = ops(ResNet(depth=50, base_channels=4))
     grouped = ops(WSResNet(depth=50, base_channels=4, group_by='backbone', fused=False))
     per_conv = ops(WSResNet(depth=50, base_channels=4, group_by=None, fused=False))
-    fused = ops(WSResNet(depth=50, base_channels=4, group_by='backbone', fused=True))
+    # the fused backward reads the saved outputs, which autograd detaches (metadata, no kernel)
+    detach = ('aten.detach.default', )
+    fused = ops(WSResNet(depth=50, base_channels=4, group_by='backbone', fused=True), detach)
     # torch ops: a few kernels per filter shape plus the metadata-only views that give group
     # norm's backward the shapes its schema says (7 per filter shape, no kernel)
     assert grouped - plain <= 250
     assert per_conv - plain > 3 * (grouped - plain)
-    assert fused - plain <= 2  # one op forward, one backward
+    assert fused - ops(ResNet(depth=50, base_channels=4), detach) <= 2  # one op each way
