@@ -13,8 +13,9 @@
 // backward anyway, not the weights) and addresses a weight's filters by an offset into the
 // rstds. Under torch.compile the forward writes channels-last outputs, the layout inductor's
 // CPU convolutions take: then no weight is copied into that layout, neither for the
-// convolutions nor for the backward. The step, eps_shift_, needs nothing from a forward: per filter it reduces the row in one pass
-// (it fits in L1) and then updates, reading each weight once. A row's first pass prefetches
+// convolutions nor for the backward. The step, eps_shift_, needs nothing from a forward: per
+// filter it reduces the row in one pass (it fits in L1) and then updates, reading each weight
+// once. A row's first pass prefetches
 // the row that its last pass writes, so that the two memory streams overlap instead of
 // following each other (single-stream reads are latency bound: the step took 1.5x a plain
 // add without it). Registered as mmdet_eps::normalize_filters,
@@ -268,6 +269,11 @@ Tensor dense_rows(const Tensor& t, at::MemoryFormat layout) {
   return t.is_contiguous(layout) ? t : t.contiguous(layout);
 }
 
+// The kernels' `spatial`: kh * kw for a channels-last row (read or written transposed), else 1.
+int64_t spatial_of(const Tensor& t, at::MemoryFormat layout) {
+  return layout == at::MemoryFormat::ChannelsLast ? t.size(2) * t.size(3) : 1;
+}
+
 void check_tensor(const char* op, const Tensor& t, at::ScalarType dtype) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype, op,
               ": tensors must be CPU tensors of one dtype");
@@ -301,12 +307,13 @@ std::tuple<std::vector<Tensor>, Tensor> normalize_filters(TensorList weights,
   const auto dtype = weights[0].scalar_type();
   int64_t total = 0;
   std::vector<Tensor> outs;
+  std::vector<at::MemoryFormat> layouts;
   for (const Tensor& w : weights) {
     check_contiguous(op, w, dtype);
     total += w.size(0);
-    outs.push_back(channels_last && w.dim() == 4
-                       ? at::empty_like(w, w.options(), at::MemoryFormat::ChannelsLast)
-                       : at::empty_like(w));
+    layouts.push_back(channels_last && w.dim() == 4 ? at::MemoryFormat::ChannelsLast
+                                                    : at::MemoryFormat::Contiguous);
+    outs.push_back(at::empty_like(w, w.options(), layouts.back()));
   }
   Tensor rstd = at::empty({total}, weights[0].options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "mmdet_eps", [&] {
@@ -314,7 +321,7 @@ std::tuple<std::vector<Tensor>, Tensor> normalize_filters(TensorList weights,
     for (size_t i = 0; i < size; ++i) {
       const Tensor& w = weights[i];
       const int64_t n = row_size(w);
-      const int64_t spatial = channels_last && w.dim() == 4 ? w.size(2) * w.size(3) : 1;
+      const int64_t spatial = spatial_of(w, layouts[i]);
       const scalar_t* x = read_ptr<scalar_t>(w);
       scalar_t* out = write_ptr<scalar_t>(outs[i]);
       scalar_t* r = write_ptr<scalar_t>(rstd) + offset;
@@ -340,6 +347,7 @@ std::vector<Tensor> normalize_filters_backward(TensorList grads, TensorList outs
   if (size == 0) return result;
   const auto dtype = outs[0].scalar_type();
   std::vector<Tensor> out_list, grad_list;  // a gradient is read in its output's layout
+  std::vector<int64_t> spatial;
   for (size_t i = 0; i < size; ++i) {
     check_tensor(op, outs[i], dtype);
     check_tensor(op, grads[i], dtype);
@@ -348,6 +356,7 @@ std::vector<Tensor> normalize_filters_backward(TensorList grads, TensorList outs
     const auto layout = row_layout(outs[i]);
     out_list.push_back(dense_rows(outs[i], layout));
     grad_list.push_back(dense_rows(grads[i], layout));
+    spatial.push_back(spatial_of(outs[i], layout));
     result.push_back(at::empty(outs[i].sizes(), outs[i].options()));
   }
   AT_DISPATCH_FLOATING_TYPES(dtype, "mmdet_eps", [&] {
@@ -357,10 +366,9 @@ std::vector<Tensor> normalize_filters_backward(TensorList grads, TensorList outs
       const scalar_t* y = read_ptr<scalar_t>(out_list[i]);
       const scalar_t* r = read_ptr<scalar_t>(rstd) + offsets[i];
       scalar_t* dx = write_ptr<scalar_t>(result[i]);
-      const int64_t spatial = out_list[i].is_contiguous() ? 1 : outs[i].size(2) * outs[i].size(3);
       at::parallel_for(0, outs[i].size(0), grain_rows(n), [&](int64_t begin, int64_t end) {
-        normalize_rows_backward<scalar_t>(g, y, r, dx, begin, end, n, spatial, shift[i], eps[i],
-                                          centered[i]);
+        normalize_rows_backward<scalar_t>(g, y, r, dx, begin, end, n, spatial[i], shift[i],
+                                          eps[i], centered[i]);
       });
     }
   });
