@@ -4,7 +4,8 @@ Every figure a benchmark reports is a ratio against a baseline timed in the same
 candidates are run interleaved (A, B, C, A, B, C, ...; the order rotates every round so that no
 candidate always follows the same one), warm-up rounds are discarded, and the ratio is the
 median over rounds of ``t_candidate / t_baseline`` from the same round (a paired ratio, robust
-to load that changes between rounds). The ratio of the median times is recorded too.
+to load that changes between rounds). The ratio of the median times is recorded too. Each round
+calls the candidates at another depth of the interpreter's frame stack (:func:`at_depth`).
 
 mmdet, mmengine and the package are imported by :func:`load_package`, not at import time.
 """
@@ -16,6 +17,7 @@ import os.path as osp
 import platform
 import statistics
 import sys
+import functools
 import time
 import types
 import warnings
@@ -166,6 +168,33 @@ def synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
+#: CPython (3.11+) keeps frames in 16 KiB chunks of its frame stack (2048 pointer-sized words)
+#: and unmaps a chunk as soon as the frame that opened it returns. A function called at a depth
+#: where a frame it calls over and over straddles a chunk boundary maps and unmaps memory on each
+#: of those calls: on the 2-vCPU VM, B9's thin step lost 20-40 % at some depths (ws_eps at one,
+#: plain at another) and nothing at the rest, so one script's fixed depth decided its ratio.
+STACK_CHUNK_WORDS = 2048
+#: Offsets the rounds step through, in words: 37 * 8 words per round visits all 256 offsets of a
+#: chunk in 256 rounds (37 is prime to 256).
+DEPTH_STEP, DEPTH_STRIDE = 8, 37
+
+
+@functools.lru_cache(maxsize=None)
+def at_depth(words: int) -> Callable[[Callable[[], object]], object]:
+    """``call(fn)``: ``fn()`` from a frame ``words`` locals larger than a bare call's, so that
+    everything ``fn`` runs sits ``words`` words deeper on the interpreter's frame stack."""
+    body = ' = '.join(f'_{i}' for i in range(words)) + ' = None\n    ' if words else ''
+    namespace: Dict[str, object] = {}
+    exec(f'def call(fn):\n    {body}return fn()\n', namespace)  # noqa: S102  locals only
+    return namespace['call']
+
+
+def round_depth(r: int) -> int:
+    """The frame-stack offset (words) of round ``r``: every round another one, all rounds of a
+    benchmark spread over a chunk."""
+    return r * DEPTH_STRIDE * DEPTH_STEP % STACK_CHUNK_WORDS
+
+
 def interleaved(fns: Dict[str, Callable[[], object]], baseline: str, rounds: int,
                 warmup: int = 1, device: str = 'cpu', inner: int = 1,
                 label: str = '',
@@ -173,7 +202,9 @@ def interleaved(fns: Dict[str, Callable[[], object]], baseline: str, rounds: int
     """Time each of ``fns`` once per round, interleaved, and compare with ``baseline``.
 
     ``inner`` calls make one timed sample (for very short functions); ``prepare[name]``, when
-    given, runs untimed before each call of ``fns[name]``. Returns, per name,
+    given, runs untimed before each call of ``fns[name]``. All candidates of a round run at that
+    round's depth of the frame stack (:func:`round_depth`), so that no candidate's figure rests
+    on where one script happens to call it. Returns, per name,
     ``dict(times=[...], median_s, min_s, ratio, ratio_of_medians, ratio_q1, ratio_q3)``.
     """
     names = list(fns)
@@ -183,7 +214,7 @@ def interleaved(fns: Dict[str, Callable[[], object]], baseline: str, rounds: int
     times: Dict[str, List[float]] = {n: [] for n in names}
     cpu: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(warmup + rounds):
-        shift = r % len(names)
+        shift, call = r % len(names), at_depth(round_depth(r))
         for name in names[shift:] + names[:shift]:
             fn, before = fns[name], (prepare or {}).get(name)
             elapsed = cpu_elapsed = 0.
@@ -192,7 +223,7 @@ def interleaved(fns: Dict[str, Callable[[], object]], baseline: str, rounds: int
                     before()
                 sync()
                 start, cpu_start = time.perf_counter(), time.process_time()
-                fn()
+                call(fn)
                 sync()
                 elapsed += time.perf_counter() - start
                 cpu_elapsed += time.process_time() - cpu_start
