@@ -10,6 +10,7 @@ calls the candidates at another depth of the interpreter's frame stack (:func:`a
 mmdet, mmengine and the package are imported by :func:`load_package`, not at import time.
 """
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -17,7 +18,6 @@ import os.path as osp
 import platform
 import statistics
 import sys
-import functools
 import time
 import types
 import warnings
