@@ -15,12 +15,11 @@
 // CPU convolutions take: then no weight is copied into that layout, neither for the
 // convolutions nor for the backward. The step, eps_shift_, needs nothing from a forward: per
 // filter it reduces the row in one pass (it fits in L1) and then updates, reading each weight
-// once. A row's first pass prefetches
-// the row that its last pass writes, so that the two memory streams overlap instead of
-// following each other (single-stream reads are latency bound: the step took 1.5x a plain
-// add without it). Registered as mmdet_eps::normalize_filters,
-// normalize_filters_backward and eps_shift_, so that dispatch (and a TorchDispatchMode op
-// counter) sees one op per call.
+// once. A row's first pass prefetches the row that its last pass writes, so that the two
+// memory streams overlap instead of following each other (single-stream reads are latency
+// bound: the step took 1.5x a plain add without it). Registered as
+// mmdet_eps::normalize_filters, normalize_filters_backward and eps_shift_, so that dispatch
+// (and a TorchDispatchMode op counter) sees one op per call.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -132,29 +131,29 @@ inline std::pair<double, double> shifted_moments(const T* x, int64_t n, T shift,
 // (sum g, sum g y), prefetching `pre` (the row written next)
 template <typename T>
 inline std::pair<double, double> sum_and_dot(const T* g, const T* y, int64_t n, const T* pre) {
-  double total_g = 0, total_gx = 0;
+  double total_g = 0, total_gy = 0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
-    T acc_g[kLanes] = {}, acc_gx[kLanes] = {};
+    T acc_g[kLanes] = {}, acc_gy[kLanes] = {};
     int64_t i = start;
     for (; i + kLanes <= end; i += kLanes) {
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) {
         acc_g[j] += g[i + j];
-        acc_gx[j] += g[i + j] * y[i + j];
+        acc_gy[j] += g[i + j] * y[i + j];
       }
       prefetch_lanes(pre + i);
     }
     for (; i < end; ++i) {
       acc_g[0] += g[i];
-      acc_gx[0] += g[i] * y[i];
+      acc_gy[0] += g[i] * y[i];
     }
     for (int64_t j = 0; j < kLanes; ++j) {
       total_g += acc_g[j];
-      total_gx += acc_gx[j];
+      total_gy += acc_gy[j];
     }
   }
-  return {total_g, total_gx};
+  return {total_g, total_gy};
 }
 
 // out[i] = a x[i] + b y[i] + c   (out may alias x or y)
